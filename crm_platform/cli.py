@@ -1,0 +1,370 @@
+"""The ``metacrm`` command line.
+
+Command and option names are a public contract: scripts and integrations
+call them. The data directory comes from ``--data-dir`` or
+``METACRM_DATA_DIR``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from tqdm import tqdm
+
+from metadata_engine.errors import DefinitionError
+from metadata_engine.loader import load_definition
+
+from .config import Settings, load_settings
+from .control import ROLES, Actor
+from .errors import PlatformError
+from .tenancy import Platform
+
+log = logging.getLogger(__name__)
+
+data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="METACRM_DATA_DIR",
+    help="Directory for the control database and tenant databases "
+    "[env: METACRM_DATA_DIR; default: ./metacrm-data].",
+)
+
+
+def open_platform(data_dir: Path | None) -> tuple[Settings, Platform]:
+    settings = load_settings(data_dir)
+    return settings, Platform(settings)
+
+
+def fail(message: str) -> None:
+    raise click.ClickException(message)
+
+
+def run_safely(action: Callable[[], Any]) -> Any:
+    """Run ``action`` and turn platform and metadata errors into CLI errors."""
+    try:
+        return action()
+    except DefinitionError as err:
+        raise click.ClickException(str(err)) from err
+    except PlatformError as err:
+        raise click.ClickException(err.message) from err
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log at INFO level to stderr.")
+def main(verbose: bool) -> None:
+    """MetaCRM: a CRM whose entities, forms and views are tenant metadata."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def validate(path: Path) -> None:
+    """Check the definition in PATH against the schema and its own references."""
+    try:
+        definition = load_definition(path)
+    except DefinitionError as err:
+        click.echo(str(err), err=True)
+        sys.exit(1)
+    entities = ", ".join(entity.name for entity in definition.entities)
+    click.echo(f"{path}: valid, {len(definition.entities)} entities ({entities})")
+    click.echo(f"content hash {definition.content_hash}")
+
+
+@main.group()
+def tenant() -> None:
+    """Create and list tenants."""
+
+
+@tenant.command("create")
+@click.argument("slug")
+@click.option("--template", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Definition folder to create the tenant from.")
+@click.option("--name", help="Display name of the tenant [default: the slug].")
+@data_dir_option
+def tenant_create(slug: str, template: Path, name: str | None,
+                  data_dir: Path | None) -> None:
+    """Create tenant SLUG and its tables from a definition."""
+    _, platform = open_platform(data_dir)
+    runtime = run_safely(lambda: platform.create_tenant(slug, template, name))
+    click.echo(f"created tenant {slug} with {len(runtime.definition.entities)} "
+               "entities")
+
+
+@tenant.command("list")
+@data_dir_option
+def tenant_list(data_dir: Path | None) -> None:
+    """List tenants with their status and metadata version."""
+    _, platform = open_platform(data_dir)
+    for item in platform.control.list_tenants():
+        click.echo(f"{item.slug}\t{item.status}\tv{item.metadata_version}\t"
+                   f"{(item.metadata_hash or '')[:12]}\t{item.name}")
+
+
+@main.command()
+@click.argument("slug")
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@data_dir_option
+def apply(slug: str, path: Path, data_dir: Path | None) -> None:
+    """Create or update tenant SLUG's tables from the definition in PATH.
+
+    Only additive changes are applied; a change that would drop or convert
+    stored data is refused with the list of what would be lost.
+    """
+    _, platform = open_platform(data_dir)
+
+    def action() -> Any:
+        definition = load_definition(path)
+        return platform.apply(slug, definition, applied_by="cli")
+
+    runtime = run_safely(action)
+    click.echo(f"tenant {slug} is at metadata version "
+               f"{runtime.tenant.metadata_version} "
+               f"({runtime.definition.content_hash[:12]})")
+
+
+def system_actor(platform: Platform, slug: str, email: str | None) -> Actor:
+    """Return the member the CLI acts as: ``email``, else the first admin."""
+    tenant_row = platform.control.get_tenant(slug)
+    if email:
+        user_id = platform.control.find_user_id(email)
+        actor = platform.control.actor(tenant_row, user_id) if user_id else None
+        if actor is None:
+            fail(f"{email!r} is not a member of tenant {slug!r}")
+        assert actor is not None
+        return actor
+    admin = platform.control.first_admin(tenant_row)
+    if admin is None:
+        fail(f"tenant {slug!r} has no admin; create one with "
+             f"'metacrm user create {slug} EMAIL --role admin' or pass --as")
+    assert admin is not None
+    return admin
+
+
+@main.command("import")
+@click.argument("slug")
+@click.argument("entity")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--mapping", type=click.Path(exists=True, dir_okay=False,
+                                           path_type=Path),
+              help="JSON file mapping CSV columns to fields "
+              "[default: headers matched to field names in snake case].")
+@click.option("--key", help="Field whose value matches rows to stored records, "
+              "which are updated instead of duplicated [default: from the mapping].")
+@click.option("--dry-run", is_flag=True, help="Validate and count; write nothing.")
+@click.option("--encoding", default="utf-8", show_default=True,
+              help="Text encoding of FILE.")
+@click.option("--rejects", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write rejected rows with their reasons to this CSV file.")
+@click.option("--as", "as_email", help="E-mail of the member to import as "
+              "[default: the tenant's first admin].")
+@data_dir_option
+def import_command(slug: str, entity: str, file: Path, mapping: Path | None,
+                   key: str | None, dry_run: bool, encoding: str,
+                   rejects: Path | None, as_email: str | None,
+                   data_dir: Path | None) -> None:
+    """Import the CSV FILE into ENTITY of tenant SLUG."""
+    from .importer import write_rejects
+
+    _, platform = open_platform(data_dir)
+    report = run_safely(lambda: _import(platform, slug, entity, file, mapping, key,
+                                        dry_run, encoding, as_email))
+    click.echo(report.summary())
+    for rejected in report.rejected[:20]:
+        reasons = "; ".join(f"{name}: {' '.join(messages)}"
+                            for name, messages in rejected.errors.items())
+        click.echo(f"  line {rejected.line}: {reasons}", err=True)
+    if len(report.rejected) > 20:
+        click.echo(f"  … and {len(report.rejected) - 20} more rejected rows", err=True)
+    if rejects:
+        write_rejects(report, rejects)
+        click.echo(f"rejected rows written to {rejects}")
+
+
+def _import(platform: Platform, slug: str, entity: str, file: Path,
+            mapping_path: Path | None, key: str | None, dry_run: bool,
+            encoding: str, as_email: str | None) -> Any:
+    from .importer import ColumnMapping, import_csv
+    from .records import RecordService
+
+    runtime = platform.runtime(slug)
+    actor = system_actor(platform, slug, as_email)
+    service = RecordService(runtime, actor, "en")
+    mapping = ColumnMapping.from_file(mapping_path) if mapping_path else None
+    if mapping is not None and key:
+        mapping.key = key
+    total = sum(1 for _ in file.open("rb")) - 1
+    with tqdm(total=max(total, 0), unit="rows", desc=f"import {entity}",
+              file=sys.stderr, disable=None) as bar:
+        def progress(done: int) -> None:
+            bar.update(done - bar.n)
+
+        report = import_csv(service, entity, file, mapping, dry_run=dry_run,
+                            encoding=encoding, progress=progress)
+    if mapping is None and key:
+        log.warning("--key is used only with --mapping")
+    return report
+
+
+@main.command()
+@click.argument("slug")
+@click.argument("entity")
+@click.option("--format", "file_format", type=click.Choice(["csv", "json"]),
+              default="csv", show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="File to write [default: standard output].")
+@click.option("--as", "as_email", help="E-mail of the member to export as.")
+@data_dir_option
+def export(slug: str, entity: str, file_format: str, output: Path | None,
+           as_email: str | None, data_dir: Path | None) -> None:
+    """Export every record of ENTITY of tenant SLUG as CSV or JSON."""
+    from .exporter import export as export_records
+    from .records import RecordService
+
+    _, platform = open_platform(data_dir)
+
+    def action() -> int:
+        runtime = platform.runtime(slug)
+        service = RecordService(runtime, system_actor(platform, slug, as_email))
+        handle = (output.open("w", newline="", encoding="utf-8") if output
+                  else click.get_text_stream("stdout"))
+        try:
+            with tqdm(unit="rows", desc=f"export {entity}", file=sys.stderr,
+                      disable=None if output else True) as bar:
+                return export_records(service, entity, handle, file_format,
+                                      progress=lambda n: bar.update(n - bar.n))
+        finally:
+            if output:
+                handle.close()
+
+    count = run_safely(action)
+    if output:
+        click.echo(f"exported {count} {entity} records to {output}", err=True)
+
+
+@main.group()
+def user() -> None:
+    """Manage users."""
+
+
+@user.command("create")
+@click.argument("slug")
+@click.argument("email")
+@click.option("--role", required=True, type=click.Choice(ROLES))
+@click.option("--name", help="Display name [default: the part before @].")
+@click.option("--password-stdin", is_flag=True,
+              help="Read the password from standard input (first line).")
+@click.option("--locale", type=click.Choice(["en", "zh-CN"]), default="en",
+              show_default=True)
+@data_dir_option
+def user_create(slug: str, email: str, role: str, name: str | None,
+                password_stdin: bool, locale: str, data_dir: Path | None) -> None:
+    """Create user EMAIL (or reuse an existing one) as a member of SLUG."""
+    _, platform = open_platform(data_dir)
+    password = None
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True,
+                                confirmation_prompt=True)
+
+    def action() -> str:
+        tenant_row = platform.control.get_tenant(slug)
+        user_id = platform.control.find_user_id(email)
+        if user_id is None:
+            user_id = platform.control.create_user(email, password, name, locale)
+        elif password:
+            platform.control.set_password(user_id, password)
+        platform.control.add_member(tenant_row, user_id, role)
+        return user_id
+
+    run_safely(action)
+    click.echo(f"{email} is a member of {slug} with role {role}")
+
+
+@main.group()
+def token() -> None:
+    """Manage API tokens."""
+
+
+@token.command("create")
+@click.argument("slug")
+@click.argument("email")
+@click.option("--name", default="api", show_default=True, help="Label of the token.")
+@click.option("--expires-days", type=click.IntRange(1, 3650),
+              help="Days until the token expires [default: never].")
+@data_dir_option
+def token_create(slug: str, email: str, name: str, expires_days: int | None,
+                 data_dir: Path | None) -> None:
+    """Create an API token for EMAIL in SLUG and print it on a line of its own.
+
+    The token is shown only this once; only its hash is stored.
+    """
+    _, platform = open_platform(data_dir)
+
+    def action() -> str:
+        tenant_row = platform.control.get_tenant(slug)
+        user_id = platform.control.find_user_id(email)
+        if user_id is None:
+            fail(f"no user {email!r}; create one with 'metacrm user create'")
+        expires = dt.timedelta(days=expires_days) if expires_days else None
+        return platform.control.create_token(tenant_row, str(user_id), name, expires)
+
+    click.echo(run_safely(action))
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--threads", default=8, show_default=True, type=int,
+              help="Worker threads of the WSGI server.")
+@data_dir_option
+def serve(host: str, port: int, threads: int, data_dir: Path | None) -> None:
+    """Serve the web UI and API with the waitress WSGI server."""
+    settings, platform = open_platform(data_dir)
+    _serve(settings, platform, host, port, threads)
+
+
+def _serve(settings: Settings, platform: Platform, host: str, port: int,
+           threads: int) -> None:
+    import waitress
+
+    from .app import create_app
+
+    app = create_app(settings, platform)
+    click.echo(f"serving on http://{host}:{port}/ (Ctrl+C to stop)")
+    waitress.serve(app, host=host, port=port, threads=threads, ident="MetaCRM")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--no-serve", is_flag=True, help="Set up the demo and exit.")
+@data_dir_option
+def demo(host: str, port: int, no_serve: bool, data_dir: Path | None) -> None:
+    """Create the demo tenant from the telecom example with its 7,043 real
+    customers, then serve it. Running it again changes nothing."""
+    from .demo import setup_demo
+
+    settings, platform = open_platform(data_dir)
+    info = run_safely(lambda: setup_demo(platform))
+    click.echo("")
+    click.echo(f"MetaCRM demo is ready in {settings.data_dir}")
+    click.echo(f"  URL:       http://{host}:{port}/t/{info.slug}/")
+    click.echo(f"  login:     {info.email}")
+    click.echo(f"  password:  {info.password}")
+    click.echo(f"  API token: {info.token}")
+    click.echo(f"  try:       curl -H 'Authorization: Bearer {info.token}' "
+               f"'http://{host}:{port}/t/{info.slug}/api/v1/records/account?"
+               "churn=true&limit=5'")
+    if not no_serve:
+        _serve(settings, platform, host, port, threads=8)

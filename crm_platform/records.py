@@ -1,0 +1,679 @@
+"""The record service: every read and write of tenant records goes here.
+
+The API, the HTML views and the importer call ``RecordService`` and never
+touch entity tables themselves, so validation, system columns, optimistic
+locking and (later) permissions and the change journal apply on every path.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from marshmallow import ValidationError
+from sqlalchemy.dialects import postgresql, sqlite
+from uuid6 import uuid7
+
+from metadata_engine.messages import messages_for
+from metadata_engine.model import SYSTEM_COLUMNS, Entity, Field
+from metadata_engine.validation import WRITABLE_SYSTEM_COLUMNS
+
+from .control import Actor
+from .errors import Conflict, NotFound, RecordInvalid, VersionConflict
+from .querying import (
+    ListQuery,
+    compile_condition,
+    compile_search,
+    decode_cursor,
+    encode_cursor,
+    keyset_after,
+)
+from .tenancy import TenantRuntime
+
+log = logging.getLogger(__name__)
+
+#: Largest text a single value may have, whatever its field allows, in
+#: characters: a guard against oversized requests reaching the database.
+MAX_VALUE_LENGTH = 100_000
+_UNIQUE_SQLITE = re.compile(r"UNIQUE constraint failed: ([\w.]+(?:, [\w.]+)*)")
+
+
+@dataclass
+class Page:
+    """One page of a list: the records, a cursor to the next page, a total."""
+
+    records: list[dict[str, Any]]
+    next_cursor: str | None
+    total: int | None = None
+
+
+@dataclass
+class BatchResult:
+    """What one import batch did; ``errors`` maps row index to field errors."""
+
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    errors: dict[int, dict[str, list[str]]] = field(default_factory=dict)
+
+
+@dataclass
+class RelatedList:
+    """Records of ``entity`` whose lookup ``field`` points at one record."""
+
+    entity: Entity
+    field: Field
+    page: Page
+
+
+class RecordService:
+    """Reads and writes records of one tenant on behalf of one user."""
+
+    def __init__(self, runtime: TenantRuntime, actor: Actor, locale: str = "en") -> None:
+        self.runtime = runtime
+        self.actor = actor
+        self.locale = locale
+        self.messages = messages_for(locale)
+
+    # Reads
+
+    def list(self, entity_name: str, query: ListQuery) -> Page:
+        entity = self.runtime.entity(entity_name)
+        table = self.runtime.tables[entity_name]
+        where = self._where(entity, table, query)
+        sort = [*query.sort]
+        if not any(key.removeprefix("-") == "id" for key in sort):
+            first_descending = sort[0].startswith("-") if sort else True
+            sort.append("-id" if first_descending else "id")
+        statement = sa.select(table).where(*where)
+        if query.cursor:
+            values = decode_cursor(query.cursor, len(sort))
+            nulls_high = self.runtime.engine.dialect.name == "postgresql"
+            statement = statement.where(keyset_after(table, sort, values, nulls_high))
+        order = [
+            table.c[key[1:]].desc() if key.startswith("-") else table.c[key].asc()
+            for key in sort
+        ]
+        statement = statement.order_by(*order).limit(query.limit + 1)
+        if query.offset and not query.cursor:
+            statement = statement.offset(query.offset)
+        with self.runtime.engine.connect() as conn:
+            rows = [dict(row) for row in conn.execute(statement).mappings()]
+            total = None
+            if query.count:
+                counter = sa.select(sa.func.count()).select_from(table).where(*where)
+                total = conn.execute(counter).scalar_one()
+        next_cursor = None
+        if len(rows) > query.limit:
+            rows = rows[: query.limit]
+            last = rows[-1]
+            next_cursor = encode_cursor([last[key.removeprefix("-")] for key in sort])
+        return Page(records=rows, next_cursor=next_cursor, total=total)
+
+    def _where(
+        self, entity: Entity, table: sa.Table, query: ListQuery
+    ) -> list[sa.ColumnElement[bool]]:
+        where = [compile_condition(table, condition) for condition in query.conditions]
+        if query.search:
+            where.append(compile_search(entity, table, query.search))
+        return where
+
+    def get(self, entity_name: str, record_id: str) -> dict[str, Any]:
+        """Return one record or raise ``NotFound``."""
+        self.runtime.entity(entity_name)
+        table = self.runtime.tables[entity_name]
+        with self.runtime.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(table).where(table.c.id == str(record_id))
+            ).mappings().first()
+        if row is None:
+            raise NotFound(f"{entity_name} record {record_id!r} not found")
+        return dict(row)
+
+    def titles(self, entity_name: str, ids: Iterable[str]) -> dict[str, str]:
+        """Return the title of each record in ``ids`` that exists."""
+        wanted = {str(record_id) for record_id in ids if record_id}
+        if not wanted:
+            return {}
+        entity = self.runtime.entity(entity_name)
+        table = self.runtime.tables[entity_name]
+        title = table.c[entity.title_field]
+        with self.runtime.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(table.c.id, title).where(table.c.id.in_(wanted))
+            )
+            return {row[0]: str(row[1] if row[1] is not None else row[0])
+                    for row in rows}
+
+    def lookup_titles(self, entity_name: str, records: Iterable[Mapping[str, Any]]
+                      ) -> dict[str, dict[str, str]]:
+        """Return, per lookup field, the titles of the records it points at."""
+        entity = self.runtime.entity(entity_name)
+        records = list(records)
+        result: dict[str, dict[str, str]] = {}
+        for field in entity.lookups:
+            ids = {record.get(field.name) for record in records}
+            result[field.name] = self.titles(field.target or "", ids - {None})
+        return result
+
+    def search_titles(self, entity_name: str, text: str, limit: int = 20
+                      ) -> list[tuple[str, str]]:
+        """Return (id, title) pairs for a lookup picker."""
+        entity = self.runtime.entity(entity_name)
+        table = self.runtime.tables[entity_name]
+        title = table.c[entity.title_field]
+        statement = sa.select(table.c.id, title).order_by(title).limit(limit)
+        if text:
+            statement = statement.where(compile_search(entity, table, text))
+        with self.runtime.engine.connect() as conn:
+            return [(row[0], str(row[1] or row[0])) for row in conn.execute(statement)]
+
+    def related(self, entity_name: str, record_id: str, limit: int = 10
+                ) -> list[RelatedList]:
+        """Return the records of other entities whose lookups point here."""
+        self.get(entity_name, record_id)
+        lists = []
+        for entity, field in self.runtime.definition.referencing(entity_name):
+            query = ListQuery(limit=limit, count=True)
+            query.conditions.append(_eq(field.name, record_id))
+            lists.append(RelatedList(entity, field, self.list(entity.name, query)))
+        return lists
+
+    # Writes
+
+    def create(self, entity_name: str, data: Mapping[str, Any]) -> dict[str, Any]:
+        entity = self.runtime.entity(entity_name)
+        values = self._load(entity, data, partial=False)
+        now = dt.datetime.now(dt.UTC)
+        for field in entity.fields:
+            if field.name not in values and field.default is not None:
+                values[field.name] = _default_value(field)
+        values.setdefault("id", str(uuid7()))
+        values["owner_id"] = values.get("owner_id") or self.actor.user_id
+        values.update(
+            created_at=now, updated_at=now, created_by=self.actor.user_id,
+            updated_by=self.actor.user_id, version=1,
+        )
+        table = self.runtime.tables[entity_name]
+        with self.runtime.engine.begin() as conn:
+            self._check_lookups(conn, entity, values)
+            for field in entity.fields:
+                if field.type == "auto_number":
+                    values[field.name] = _next_number(conn, entity, field)
+            self._execute_write(conn, entity, table.insert().values(**values))
+        log.info("created %s %s in tenant %s", entity_name, values["id"],
+                 self.runtime.slug)
+        return self.get(entity_name, values["id"])
+
+    def update(
+        self,
+        entity_name: str,
+        record_id: str,
+        data: Mapping[str, Any],
+        expected_version: int | None = None,
+    ) -> dict[str, Any]:
+        """Change the given fields; with ``expected_version``, only if the
+        record is still at that version (else ``VersionConflict``)."""
+        entity = self.runtime.entity(entity_name)
+        table = self.runtime.tables[entity_name]
+        values = self._load(entity, data, partial=True)
+        if "id" in values and values["id"] != record_id:
+            raise RecordInvalid(
+                "the id of a record cannot be changed",
+                details={"id": [self.messages["read_only"]]},
+            )
+        values.pop("id", None)
+        values.update(updated_at=dt.datetime.now(dt.UTC),
+                      updated_by=self.actor.user_id, version=table.c.version + 1)
+        statement = table.update().where(table.c.id == record_id).values(**values)
+        if expected_version is not None:
+            statement = statement.where(table.c.version == expected_version)
+        with self.runtime.engine.begin() as conn:
+            self._check_lookups(conn, entity, values)
+            result = self._execute_write(conn, entity, statement)
+            if result.rowcount == 0:
+                self._raise_missing_or_stale(conn, entity_name, record_id,
+                                             expected_version)
+        return self.get(entity_name, record_id)
+
+    def delete(
+        self, entity_name: str, record_id: str, expected_version: int | None = None
+    ) -> None:
+        """Delete a record unless others still refer to it with ``restrict``."""
+        self.runtime.entity(entity_name)
+        table = self.runtime.tables[entity_name]
+        with self.runtime.engine.begin() as conn:
+            self._check_not_referenced(conn, entity_name, record_id)
+            statement = table.delete().where(table.c.id == record_id)
+            if expected_version is not None:
+                statement = statement.where(table.c.version == expected_version)
+            result = conn.execute(statement)
+            if result.rowcount == 0:
+                self._raise_missing_or_stale(conn, entity_name, record_id,
+                                             expected_version)
+        log.info("deleted %s %s in tenant %s", entity_name, record_id,
+                 self.runtime.slug)
+
+    def import_batch(
+        self,
+        entity_name: str,
+        rows: Sequence[Mapping[str, Any]],
+        key: str | None = None,
+        dry_run: bool = False,
+    ) -> BatchResult:
+        """Validate and write many records in one transaction.
+
+        Rows that fail validation are reported by their index in ``rows`` and
+        skipped; the others are written. With ``key``, a row whose key value
+        matches a stored record updates it (unchanged records are left
+        alone), so importing the same file twice creates nothing new.
+        """
+        entity = self.runtime.entity(entity_name)
+        table = self.runtime.tables[entity_name]
+        result = BatchResult()
+        loaded: list[tuple[int, dict[str, Any]]] = []
+        for index, row in enumerate(rows):
+            try:
+                loaded.append((index, self._load(entity, row, partial=False)))
+            except RecordInvalid as err:
+                result.errors[index] = err.details or {"_schema": [err.message]}
+        with self.runtime.engine.begin() as conn:
+            loaded = self._drop_missing_lookups(conn, entity, loaded, result)
+            existing = self._existing_by_key(conn, table, key, loaded)
+            inserts, updates = self._split_writes(entity, key, loaded, existing, result)
+            if dry_run:
+                result.created = len(inserts)
+                result.updated = len(updates)
+                return result
+            self._write_batch(conn, entity, table, inserts, updates, result)
+        return result
+
+    def _drop_missing_lookups(
+        self,
+        conn: sa.Connection,
+        entity: Entity,
+        loaded: list[tuple[int, dict[str, Any]]],
+        result: BatchResult,
+    ) -> list[tuple[int, dict[str, Any]]]:
+        for field in entity.lookups:
+            wanted = {values[field.name] for _, values in loaded
+                      if values.get(field.name)}
+            if not wanted or not field.target:
+                continue
+            target = self.runtime.tables[field.target]
+            found = set(conn.execute(
+                sa.select(target.c.id).where(target.c.id.in_(wanted))
+            ).scalars())
+            kept = []
+            for index, values in loaded:
+                target_id = values.get(field.name)
+                if target_id and target_id not in found:
+                    label = self.runtime.entity(field.target).label.get(self.locale)
+                    message = self.messages["lookup_missing"].format(
+                        entity=label, input=target_id
+                    )
+                    result.errors.setdefault(index, {})[field.name] = [message]
+                else:
+                    kept.append((index, values))
+            loaded = kept
+        return loaded
+
+    def _existing_by_key(
+        self,
+        conn: sa.Connection,
+        table: sa.Table,
+        key: str | None,
+        loaded: list[tuple[int, dict[str, Any]]],
+    ) -> dict[Any, dict[str, Any]]:
+        if key is None:
+            return {}
+        values = [row[key] for _, row in loaded if row.get(key) is not None]
+        existing: dict[Any, dict[str, Any]] = {}
+        for start in range(0, len(values), 500):
+            chunk = values[start : start + 500]
+            rows = conn.execute(sa.select(table).where(table.c[key].in_(chunk)))
+            for row in rows.mappings():
+                existing[row[key]] = dict(row)
+        return existing
+
+    def _split_writes(
+        self,
+        entity: Entity,
+        key: str | None,
+        loaded: list[tuple[int, dict[str, Any]]],
+        existing: Mapping[Any, Mapping[str, Any]],
+        result: BatchResult,
+    ) -> tuple[list[tuple[int, dict[str, Any]]], list[tuple[int, dict[str, Any]]]]:
+        now = dt.datetime.now(dt.UTC)
+        inserts = []
+        updates = []
+        seen: set[Any] = set()
+        for index, values in loaded:
+            key_value = values.get(key) if key else None
+            if key and key_value is not None:
+                if key_value in seen:
+                    result.errors[index] = {
+                        key: [f"duplicate {key} {key_value!r} in this file"]
+                    }
+                    continue
+                seen.add(key_value)
+            stored = existing.get(key_value) if key_value is not None else None
+            if stored is not None:
+                changed = {name: value for name, value in values.items()
+                           if name != "id" and stored.get(name) != value}
+                if not changed:
+                    result.unchanged += 1
+                    continue
+                changed.update(updated_at=now, updated_by=self.actor.user_id,
+                               _id=stored["id"], _version=stored["version"] + 1)
+                updates.append((index, changed))
+                continue
+            for field in entity.fields:
+                if field.name not in values and field.default is not None:
+                    values[field.name] = _default_value(field)
+            values.setdefault("id", str(uuid7()))
+            values["owner_id"] = values.get("owner_id") or self.actor.user_id
+            values.update(created_at=now, updated_at=now,
+                          created_by=self.actor.user_id,
+                          updated_by=self.actor.user_id, version=1)
+            inserts.append((index, values))
+        return inserts, updates
+
+    def _write_batch(
+        self,
+        conn: sa.Connection,
+        entity: Entity,
+        table: sa.Table,
+        inserts: list[tuple[int, dict[str, Any]]],
+        updates: list[tuple[int, dict[str, Any]]],
+        result: BatchResult,
+    ) -> None:
+        """Write with executemany; on a constraint error, retry row by row so
+        that one bad row does not cost the others."""
+        for field in entity.fields:
+            if field.type == "auto_number" and inserts:
+                numbers = _reserve_numbers(conn, entity, field, len(inserts))
+                for (_, values), number in zip(inserts, numbers, strict=True):
+                    values[field.name] = number
+        columns = [column.name for column in table.columns]
+        insert_rows = [{name: values.get(name) for name in columns}
+                       for _, values in inserts]
+        try:
+            with conn.begin_nested():
+                if insert_rows:
+                    conn.execute(table.insert(), insert_rows)
+                for group in _group_by_columns(updates):
+                    conn.execute(_update_statement(table, group[0][1]),
+                                 [_update_parameters(values) for _, values in group])
+            result.created += len(inserts)
+            result.updated += len(updates)
+            return
+        except sa.exc.IntegrityError:
+            log.info("batch of %s hit a constraint; retrying row by row",
+                     entity.name)
+        for (index, _), row in zip(inserts, insert_rows, strict=True):
+            self._write_one(conn, entity, table.insert().values(**row), index,
+                            result, created=True)
+        for index, values in updates:
+            statement = _update_statement(table, values)
+            self._write_one(conn, entity, statement, index, result, created=False,
+                            parameters=_update_parameters(values))
+
+    def _write_one(
+        self,
+        conn: sa.Connection,
+        entity: Entity,
+        statement: Any,
+        index: int,
+        result: BatchResult,
+        created: bool,
+        parameters: Mapping[str, Any] | None = None,
+    ) -> None:
+        try:
+            with conn.begin_nested():
+                if parameters is None:
+                    conn.execute(statement)
+                else:
+                    conn.execute(statement, dict(parameters))
+        except sa.exc.IntegrityError as err:
+            fields = _unique_fields(entity, err) or ["_schema"]
+            message = self.messages["unique"] if fields != ["_schema"] else str(
+                err.orig)
+            result.errors[index] = {name: [message] for name in fields}
+            return
+        if created:
+            result.created += 1
+        else:
+            result.updated += 1
+
+    # Helpers
+
+    def _load(
+        self, entity: Entity, data: Mapping[str, Any], partial: bool
+    ) -> dict[str, Any]:
+        """Validate input through the entity's schema, collecting every error."""
+        if not isinstance(data, Mapping):
+            raise RecordInvalid(
+                f"a record must be a JSON object, not {type(data).__name__}"
+            )
+        errors: dict[str, list[str]] = {}
+        clean: dict[str, Any] = {}
+        for key, value in data.items():
+            if isinstance(value, str) and len(value) > MAX_VALUE_LENGTH:
+                errors[key] = [
+                    self.messages["max_length"].format(max=MAX_VALUE_LENGTH)
+                ]
+            elif key in SYSTEM_COLUMNS and key not in WRITABLE_SYSTEM_COLUMNS:
+                errors[key] = [self.messages["read_only"]]
+            elif entity.has_field(key) and not entity.field(key).writable:
+                errors[key] = [self.messages["read_only"]]
+            else:
+                clean[key] = value
+        try:
+            loaded = self.runtime.schema(entity.name, self.locale).load(
+                clean, partial=partial
+            )
+        except ValidationError as err:
+            for key, messages in _flatten(err.messages).items():
+                errors.setdefault(key, []).extend(messages)
+            loaded = {}
+        if errors:
+            names = ", ".join(sorted(errors))
+            raise RecordInvalid(f"invalid {entity.name}: check {names}", errors)
+        return dict(loaded)
+
+    def _check_lookups(
+        self, conn: sa.Connection, entity: Entity, values: Mapping[str, Any]
+    ) -> None:
+        errors: dict[str, list[str]] = {}
+        for field in entity.lookups:
+            target_id = values.get(field.name)
+            if not target_id or not field.target:
+                continue
+            target = self.runtime.tables[field.target]
+            found = conn.execute(
+                sa.select(target.c.id).where(target.c.id == target_id)
+            ).first()
+            if found is None:
+                label = self.runtime.entity(field.target).label.get(self.locale)
+                errors[field.name] = [
+                    self.messages["lookup_missing"].format(entity=label,
+                                                           input=target_id)
+                ]
+        if errors:
+            raise RecordInvalid(f"invalid {entity.name}: check "
+                                f"{', '.join(sorted(errors))}", errors)
+
+    def _check_not_referenced(
+        self, conn: sa.Connection, entity_name: str, record_id: str
+    ) -> None:
+        for other, field in self.runtime.definition.referencing(entity_name):
+            if field.on_delete != "restrict":
+                continue
+            table = self.runtime.tables[other.name]
+            count = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(table)
+                .where(table.c[field.name] == record_id)
+            ).scalar_one()
+            if count:
+                label = other.plural_label.get(self.locale)
+                raise Conflict(
+                    f"cannot delete {entity_name} {record_id!r}: {count} {label} "
+                    f"refer to it through {field.name!r}; delete them or point "
+                    "them at another record first",
+                    details={"entity": other.name, "field": field.name,
+                             "count": count},
+                )
+
+    def _execute_write(
+        self, conn: sa.Connection, entity: Entity, statement: Any
+    ) -> sa.CursorResult[Any]:
+        try:
+            with conn.begin_nested():
+                return conn.execute(statement)
+        except sa.exc.IntegrityError as err:
+            fields = _unique_fields(entity, err)
+            if fields:
+                message = self.messages["unique"]
+                raise Conflict(
+                    f"another {entity.name} already has this "
+                    f"{', '.join(fields)}",
+                    details={name: [message] for name in fields},
+                ) from err
+            raise Conflict(f"the {entity.name} record conflicts with stored data: "
+                           f"{err.orig}") from err
+
+    def _raise_missing_or_stale(
+        self, conn: sa.Connection, entity_name: str, record_id: str,
+        expected_version: int | None,
+    ) -> None:
+        table = self.runtime.tables[entity_name]
+        current = conn.execute(
+            sa.select(table.c.version).where(table.c.id == record_id)
+        ).scalar()
+        if current is None:
+            raise NotFound(f"{entity_name} record {record_id!r} not found")
+        raise VersionConflict(
+            f"{entity_name} {record_id!r} is at version {current}, not "
+            f"{expected_version}: reload it and apply your change again",
+            details={"current_version": current},
+        )
+
+
+def _eq(name: str, value: Any) -> Any:
+    from .querying import Condition
+
+    return Condition(name, "eq", value)
+
+
+def _default_value(field: Field) -> Any:
+    if field.type in {"decimal", "currency", "percent"}:
+        import decimal
+
+        return decimal.Decimal(str(field.default))
+    if field.type == "date" and isinstance(field.default, str):
+        return dt.date.fromisoformat(field.default)
+    if field.type == "multi_picklist":
+        return list(field.default)
+    return field.default
+
+
+def _next_number(conn: sa.Connection, entity: Entity, field: Field) -> str:
+    """Take the next value of an auto-number field inside the write's
+    transaction, so that numbers are never handed out twice."""
+    name = f"{entity.name}.{field.name}"
+    sequences = sa.table("_sequences", sa.column("name"), sa.column("value"))
+    insert_module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = (
+        insert_module.insert(sequences)
+        .values(name=name, value=1)
+        .on_conflict_do_update(
+            index_elements=["name"], set_={"value": sequences.c.value + 1}
+        )
+        .returning(sequences.c.value)
+    )
+    number = conn.execute(statement).scalar_one()
+    return f"{field.prefix or ''}{number:0{field.digits or 5}d}"
+
+
+def _reserve_numbers(
+    conn: sa.Connection, entity: Entity, field: Field, count: int
+) -> list[str]:
+    """Take ``count`` consecutive auto numbers in one statement."""
+    name = f"{entity.name}.{field.name}"
+    sequences = sa.table("_sequences", sa.column("name"), sa.column("value"))
+    insert_module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = (
+        insert_module.insert(sequences)
+        .values(name=name, value=count)
+        .on_conflict_do_update(
+            index_elements=["name"], set_={"value": sequences.c.value + count}
+        )
+        .returning(sequences.c.value)
+    )
+    last = conn.execute(statement).scalar_one()
+    digits = field.digits or 5
+    return [f"{field.prefix or ''}{number:0{digits}d}"
+            for number in range(last - count + 1, last + 1)]
+
+
+def _group_by_columns(
+    updates: list[tuple[int, dict[str, Any]]]
+) -> list[list[tuple[int, dict[str, Any]]]]:
+    """Group updates that change the same columns, for executemany."""
+    groups: dict[tuple[str, ...], list[tuple[int, dict[str, Any]]]] = {}
+    for index, values in updates:
+        groups.setdefault(tuple(sorted(values)), []).append((index, values))
+    return list(groups.values())
+
+
+def _update_statement(table: sa.Table, values: Mapping[str, Any]) -> Any:
+    columns: dict[str, Any] = {
+        name: sa.bindparam(f"v_{name}") for name in values if not name.startswith("_")
+    }
+    columns["version"] = sa.bindparam("_version")
+    return table.update().where(table.c.id == sa.bindparam("_id")).values(columns)
+
+
+def _update_parameters(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Rename update values to the bind parameters of ``_update_statement``."""
+    return {name if name.startswith("_") else f"v_{name}": value
+            for name, value in values.items()}
+
+
+def _flatten(messages: Any) -> dict[str, list[str]]:
+    if isinstance(messages, dict):
+        flat: dict[str, list[str]] = {}
+        for key, value in messages.items():
+            if isinstance(value, dict):
+                for inner in value.values():
+                    flat.setdefault(str(key), []).extend(_as_list(inner))
+            else:
+                flat[str(key)] = _as_list(value)
+        return flat
+    return {"_schema": _as_list(messages)}
+
+
+def _as_list(value: Any) -> list[str]:
+    if isinstance(value, list):
+        return [str(item) for item in value]
+    return [str(value)]
+
+
+def _unique_fields(entity: Entity, err: sa.exc.IntegrityError) -> list[str]:
+    """Return the fields named by a unique violation, on SQLite or PostgreSQL."""
+    text = str(err.orig)
+    match = _UNIQUE_SQLITE.search(text)
+    if match:
+        return [part.split(".")[-1] for part in match.group(1).split(", ")]
+    diag = getattr(err.orig, "diag", None)
+    constraint = getattr(diag, "constraint_name", None)
+    if constraint:
+        return [name for name in entity.field_names if name in constraint]
+    return []

@@ -1,0 +1,182 @@
+"""Conversion of records and entity metadata to JSON-ready values.
+
+The REST API and the UI share these rules so that a record reads the same
+everywhere: decimals are strings with exactly the field's scale (a JSON
+number would pass through binary floating point in most clients), dates are
+``YYYY-MM-DD``, datetimes are ISO 8601 in UTC ending in ``Z``, multi-picklists
+are lists and lookups are the target record's id.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+from collections.abc import Mapping
+from typing import Any
+
+from metadata_engine import fieldtypes
+from metadata_engine.model import SYSTEM_COLUMNS, Entity, Field, ListView, Text
+from metadata_engine.validation import WRITABLE_SYSTEM_COLUMNS
+
+from .querying import SYSTEM_TYPES
+
+DECIMAL_TYPES = frozenset({"decimal", "currency", "percent"})
+#: Scale of a decimal field that declares none (metadata format version 1).
+DEFAULT_SCALE = 2
+
+
+def record_to_json(entity: Entity, record: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a stored record as JSON values: system columns, then fields."""
+    result: dict[str, Any] = {}
+    for name in SYSTEM_COLUMNS:
+        if name in record:
+            result[name] = system_value_to_json(record[name])
+    for field in entity.fields:
+        if field.name in record:
+            result[field.name] = value_to_json(field, record[field.name])
+    return result
+
+
+def system_value_to_json(value: Any) -> Any:
+    """Convert a system column's value: datetimes to ISO 8601, the rest as is."""
+    if isinstance(value, dt.datetime):
+        return datetime_to_json(value)
+    return value
+
+
+def value_to_json(field: Field, value: Any) -> Any:
+    """Convert one stored value of ``field`` to its JSON form."""
+    if value is None:
+        return None
+    if field.type in DECIMAL_TYPES:
+        return decimal_to_json(decimal.Decimal(value), field.scale)
+    if field.type == "datetime":
+        return datetime_to_json(value)
+    if field.type == "date":
+        return value.isoformat()
+    if field.type == "multi_picklist":
+        return list(value)
+    if field.type in ("lookup", "auto_number"):
+        return str(value)
+    return value
+
+
+def decimal_to_json(value: decimal.Decimal, scale: int | None) -> str:
+    """Format ``value`` in plain notation with exactly ``scale`` decimals."""
+    places = DEFAULT_SCALE if scale is None else scale
+    exponent = decimal.Decimal(1).scaleb(-places)
+    context = decimal.Context(prec=max(60, len(value.as_tuple().digits) + places))
+    return format(value.quantize(exponent, context=context), "f")
+
+
+def datetime_to_json(value: dt.datetime) -> str:
+    """Format an aware datetime as ISO 8601 in UTC with a ``Z`` suffix.
+
+    A naive value is taken to be UTC, as the control plane stores it.
+    """
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    text = value.astimezone(dt.UTC).isoformat()
+    return text.removesuffix("+00:00") + "Z"
+
+
+def metadata_value_to_json(value: Any) -> Any:
+    """Convert a compiled metadata value (a default, a minimum) to JSON."""
+    if isinstance(value, decimal.Decimal):
+        return format(value, "f")
+    if isinstance(value, dt.datetime):
+        return datetime_to_json(value)
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+# Entity metadata, as the API's ``entities`` endpoint returns it.
+
+
+def entity_to_json(entity: Entity, locale: str) -> dict[str, Any]:
+    """Describe an entity for API clients, with labels in ``locale``."""
+    return {
+        "name": entity.name,
+        "label": entity.label.get(locale),
+        "plural_label": entity.plural_label.get(locale),
+        "description": _optional_text(entity.description, locale),
+        "icon": entity.icon,
+        "title_field": entity.title_field,
+        "system_columns": [system_column_to_json(name) for name in SYSTEM_COLUMNS],
+        "fields": [field_to_json(field, locale) for field in entity.fields],
+        "list_views": [list_view_to_json(view, locale) for view in entity.list_views],
+    }
+
+
+def system_column_to_json(name: str) -> dict[str, Any]:
+    """Describe a system column; the id-valued ones have the type ``id``."""
+    filter_type = SYSTEM_TYPES[name]
+    return {
+        "name": name,
+        "type": "id" if filter_type == "lookup" else filter_type,
+        "read_only": name not in WRITABLE_SYSTEM_COLUMNS,
+        "sortable": True,
+        "operators": list(fieldtypes.get(filter_type).operators),
+    }
+
+
+def field_to_json(field: Field, locale: str) -> dict[str, Any]:
+    """Describe one field: its type, its constraints and its filter operators."""
+    converter = fieldtypes.get(field.type)
+    description: dict[str, Any] = {
+        "name": field.name,
+        "type": field.type,
+        "label": field.label.get(locale),
+        "help_text": _optional_text(field.help_text, locale),
+        "required": field.required,
+        "read_only": not field.writable,
+        "unique": field.unique,
+        "searchable": field.searchable,
+        "sortable": converter.sortable,
+        "operators": list(converter.operators),
+        "default": metadata_value_to_json(field.default),
+    }
+    optional = {
+        "max_length": field.max_length,
+        "pattern": field.pattern,
+        "minimum": metadata_value_to_json(field.minimum),
+        "maximum": metadata_value_to_json(field.maximum),
+        "precision": field.precision,
+        "scale": field.scale,
+        "currency_code": field.currency_code,
+        "target": field.target,
+        "on_delete": field.on_delete,
+        "prefix": field.prefix,
+        "digits": field.digits,
+    }
+    description.update({key: value for key, value in optional.items()
+                        if value is not None})
+    if field.options:
+        description["options"] = [
+            {"value": option.value, "label": option.label.get(locale),
+             "color": option.color}
+            for option in field.options
+        ]
+    return description
+
+
+def list_view_to_json(view: ListView, locale: str) -> dict[str, Any]:
+    return {
+        "name": view.name,
+        "label": view.label.get(locale),
+        "columns": list(view.columns),
+        "sort": list(view.sort),
+        "filters": [
+            {"field": item.field, "op": item.op,
+             "value": metadata_value_to_json(item.value)}
+            for item in view.filters
+        ],
+        "page_size": view.page_size,
+    }
+
+
+def _optional_text(text: Text | None, locale: str) -> str | None:
+    return text.get(locale) if text is not None else None

@@ -1,0 +1,207 @@
+"""Tenants at run time: their databases, compiled metadata and schemas.
+
+``Platform`` is the one object a process keeps: it opens the control plane,
+hands out a ``TenantRuntime`` per tenant and notices, with one query per
+request, when another process has applied new metadata.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from metadata_engine.loader import compile_documents, load_definition
+from metadata_engine.model import Definition, Entity
+from metadata_engine.tables import build_tables
+from metadata_engine.validation import RecordSchema, build_schema
+
+from .config import Settings
+from .control import ControlPlane, Tenant
+from .errors import NotFound, TenantError
+from .migrations import apply_tables
+from .sqlite import create_sqlite_engine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TenantRuntime:
+    """One tenant's database engine, compiled definition and tables."""
+
+    tenant: Tenant
+    engine: sa.Engine
+    definition: Definition
+    tables: Mapping[str, sa.Table]
+    _schemas: dict[tuple[str, str], RecordSchema] = field(default_factory=dict)
+
+    @property
+    def slug(self) -> str:
+        return self.tenant.slug
+
+    def entity(self, name: str) -> Entity:
+        """Return the entity called ``name`` or raise ``NotFound``."""
+        if not self.definition.has_entity(name):
+            raise NotFound(f"entity {name!r} not found in tenant {self.slug!r}")
+        return self.definition.entity(name)
+
+    def table(self, name: str) -> sa.Table:
+        self.entity(name)
+        return self.tables[name]
+
+    def schema(self, entity_name: str, locale: str) -> RecordSchema:
+        """Return the validation schema of an entity, built once per locale."""
+        key = (entity_name, locale)
+        schema = self._schemas.get(key)
+        if schema is None:
+            schema = build_schema(self.entity(entity_name), locale)()
+            self._schemas[key] = schema
+        return schema
+
+
+class Platform:
+    """Everything a process needs to serve many tenants."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.control = ControlPlane.open(settings.control_db_path)
+        self._engines: dict[str, sa.Engine] = {}
+        self._runtimes: dict[str, TenantRuntime] = {}
+        self._definitions: dict[str, Definition] = {}
+        self._lock = threading.Lock()
+
+    # Run time
+
+    def runtime(self, slug: str) -> TenantRuntime:
+        """Return the tenant's runtime, rebuilt only when its metadata changed."""
+        tenant = self.control.find_tenant(slug)
+        if tenant is None or tenant.metadata_hash is None:
+            raise NotFound(f"tenant {slug!r} not found")
+        cached = self._runtimes.get(slug)
+        if cached is not None and cached.definition.content_hash == tenant.metadata_hash:
+            cached.tenant = tenant
+            return cached
+        with self._lock:
+            runtime = self._build_runtime(tenant)
+            self._runtimes[slug] = runtime
+        return runtime
+
+    def _build_runtime(self, tenant: Tenant) -> TenantRuntime:
+        engine = self.engine(tenant.slug)
+        definition = self._definitions.get(tenant.metadata_hash or "")
+        if definition is None:
+            definition = self._load_stored_definition(engine, tenant)
+            self._definitions[definition.content_hash] = definition
+        tables = build_tables(definition, sa.MetaData())
+        log.info("loaded metadata %s for tenant %s", definition.content_hash[:12],
+                 tenant.slug)
+        return TenantRuntime(tenant=tenant, engine=engine, definition=definition,
+                             tables=tables)
+
+    def _load_stored_definition(self, engine: sa.Engine, tenant: Tenant) -> Definition:
+        stored = sa.table("_metadata", sa.column("version"), sa.column("documents"),
+                          sa.column("content_hash"))
+        query = sa.select(stored.c.documents).where(
+            stored.c.content_hash == tenant.metadata_hash
+        ).order_by(stored.c.version.desc()).limit(1)
+        with engine.connect() as conn:
+            documents = conn.execute(query).scalar()
+        if documents is None:
+            raise TenantError(
+                f"tenant {tenant.slug!r} has no stored metadata with hash "
+                f"{tenant.metadata_hash!r}: apply its definition again"
+            )
+        if isinstance(documents, str):
+            import json
+
+            documents = json.loads(documents)
+        return compile_documents(documents)
+
+    def engine(self, slug: str) -> sa.Engine:
+        engine = self._engines.get(slug)
+        if engine is None:
+            with self._lock:
+                engine = self._engines.get(slug)
+                if engine is None:
+                    engine = create_sqlite_engine(self.settings.tenant_db_path(slug))
+                    self._engines[slug] = engine
+        return engine
+
+    # Provisioning
+
+    def create_tenant(
+        self, slug: str, template: str | Path, name: str | None = None
+    ) -> TenantRuntime:
+        """Create a tenant and its tables from the definition at ``template``."""
+        definition = load_definition(template)
+        tenant = self.control.create_tenant(slug, name)
+        try:
+            return self.apply(slug, definition)
+        except Exception:
+            log.exception("provisioning tenant %s failed; removing it", slug)
+            self.drop_tenant(tenant)
+            raise
+
+    def apply(
+        self, slug: str, definition: Definition, applied_by: str | None = None
+    ) -> TenantRuntime:
+        """Create or update the tenant's tables to match ``definition``.
+
+        Changes that would lose data raise ``UnsafeChange`` and change nothing.
+        """
+        tenant = self.control.get_tenant(slug)
+        engine = self.engine(slug)
+        if tenant.metadata_hash == definition.content_hash:
+            return self.runtime(slug)
+        version = tenant.metadata_version + 1
+        metadata = sa.MetaData()
+        build_tables(definition, metadata)
+        with engine.begin() as conn:
+            apply_tables(conn, metadata)
+            conn.execute(
+                metadata.tables["_metadata"].insert().values(
+                    version=version,
+                    content_hash=definition.content_hash,
+                    documents=dict(definition.documents),
+                    applied_at=dt.datetime.now(dt.UTC),
+                    applied_by=applied_by,
+                )
+            )
+        self.control.record_metadata(tenant.id, definition.content_hash, version)
+        self._definitions[definition.content_hash] = definition
+        log.info("applied metadata %s to tenant %s as version %d",
+                 definition.content_hash[:12], slug, version)
+        return self.runtime(slug)
+
+    def drop_tenant(self, tenant: Tenant) -> None:
+        """Remove a tenant that never went live (a failed provisioning)."""
+        engine = self._engines.pop(tenant.slug, None)
+        if engine is not None:
+            engine.dispose()
+        self._runtimes.pop(tenant.slug, None)
+        from .control import tenants
+
+        with self.control.engine.begin() as conn:
+            conn.execute(tenants.delete().where(tenants.c.id == tenant.id))
+        for suffix in ("", "-wal", "-shm"):
+            path = Path(f"{self.settings.tenant_db_path(tenant.slug)}{suffix}")
+            path.unlink(missing_ok=True)
+
+    def dispose(self) -> None:
+        for engine in self._engines.values():
+            engine.dispose()
+        self.control.engine.dispose()
+
+
+def describe(runtime: TenantRuntime) -> dict[str, Any]:
+    return {
+        "tenant": runtime.slug,
+        "metadata_hash": runtime.definition.content_hash,
+        "entities": [entity.name for entity in runtime.definition.entities],
+    }

@@ -1,0 +1,87 @@
+"""User-facing validation messages, kept as data so that they can be
+translated per locale and overridden by a tenant.
+
+Templates use ``str.format`` placeholders that marshmallow and the record
+service fill in: ``{max}``, ``{min}``, ``{input}``, ``{choices}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+MESSAGES: Mapping[str, Mapping[str, str]] = {
+    "en": {
+        "required": "This field is required.",
+        "null": "This field is required and cannot be empty.",
+        "unknown": "Unknown field: it is not part of this entity.",
+        "read_only": "This field is read-only and cannot be written.",
+        "invalid_text": "Not a valid text value.",
+        "invalid_integer": "Not a valid whole number.",
+        "too_large": "The number is too large.",
+        "invalid_decimal": "Not a valid number.",
+        "decimal_places": "At most {places} digits after the decimal point.",
+        "decimal_digits": "At most {digits} digits before the decimal point.",
+        "invalid_boolean": "Not a valid yes/no value.",
+        "invalid_date": "Not a valid date; use YYYY-MM-DD.",
+        "invalid_datetime": "Not a valid date and time; use ISO 8601.",
+        "invalid_email": "Not a valid e-mail address.",
+        "invalid_url": "Not a valid URL; it must start with http:// or https://.",
+        "invalid_phone": "Not a valid phone number.",
+        "invalid_list": "Not a valid list of options.",
+        "invalid_id": "Not a valid record id.",
+        "max_length": "Longer than the maximum length of {max} characters.",
+        "min": "Must be at least {min}.",
+        "max": "Must be at most {max}.",
+        "range": "Must be between {min} and {max}.",
+        "pattern": "Does not match the required format.",
+        "choice": "{input!r} is not one of the options: {choices}.",
+        "lookup_missing": "No {entity} record has the id {input!r}.",
+        "unique": "Another record already has this value.",
+    },
+    "zh-CN": {
+        "required": "此字段为必填项。",
+        "null": "此字段为必填项，不能为空。",
+        "unknown": "未知字段：它不属于此实体。",
+        "read_only": "此字段为只读，不能写入。",
+        "invalid_text": "不是有效的文本。",
+        "invalid_integer": "不是有效的整数。",
+        "too_large": "数值过大。",
+        "invalid_decimal": "不是有效的数字。",
+        "decimal_places": "小数点后最多 {places} 位。",
+        "decimal_digits": "小数点前最多 {digits} 位。",
+        "invalid_boolean": "不是有效的是/否值。",
+        "invalid_date": "不是有效的日期，请使用 YYYY-MM-DD 格式。",
+        "invalid_datetime": "不是有效的日期时间，请使用 ISO 8601 格式。",
+        "invalid_email": "不是有效的电子邮件地址。",
+        "invalid_url": "不是有效的网址，必须以 http:// 或 https:// 开头。",
+        "invalid_phone": "不是有效的电话号码。",
+        "invalid_list": "不是有效的选项列表。",
+        "invalid_id": "不是有效的记录 ID。",
+        "max_length": "长度超过上限 {max} 个字符。",
+        "min": "不能小于 {min}。",
+        "max": "不能大于 {max}。",
+        "range": "必须介于 {min} 和 {max} 之间。",
+        "pattern": "格式不符合要求。",
+        "choice": "{input!r} 不是可选项之一：{choices}。",
+        "lookup_missing": "不存在 ID 为 {input!r} 的{entity}记录。",
+        "unique": "已有其他记录使用此值。",
+    },
+}
+
+SUPPORTED_LOCALES: tuple[str, ...] = tuple(MESSAGES)
+
+
+def messages_for(locale: str | None) -> Mapping[str, str]:
+    """Return the message table for ``locale``, falling back to English."""
+    if locale in MESSAGES:
+        return MESSAGES[locale]
+    if locale and locale.lower().startswith("zh"):
+        return MESSAGES["zh-CN"]
+    return MESSAGES["en"]
+
+
+def normalize_locale(locale: str | None) -> str:
+    """Map ``zh``, ``zh_CN`` or ``zh-Hans`` to ``zh-CN`` and the rest to ``en``."""
+    if locale and locale.replace("_", "-").lower().startswith("zh"):
+        return "zh-CN"
+    return "en"

@@ -1,0 +1,255 @@
+"""Compiled, immutable metadata: what every other layer reads.
+
+The loader turns JSON documents into these objects once per definition.
+Everything here is frozen so that one compiled definition can be shared by
+all requests of a tenant without copying or locking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+#: Columns that every entity table carries and metadata never declares.
+SYSTEM_COLUMNS: tuple[str, ...] = (
+    "id",
+    "created_at",
+    "updated_at",
+    "created_by",
+    "updated_by",
+    "owner_id",
+    "version",
+)
+
+FORM_MODES: tuple[str, ...] = ("create", "edit", "detail")
+
+
+@dataclass(frozen=True)
+class Text:
+    """A label that is either one string or a map of locale to text."""
+
+    translations: Mapping[str, str]
+    default_locale: str = "en"
+
+    @classmethod
+    def of(cls, value: str | Mapping[str, str], default_locale: str = "en") -> Text:
+        if isinstance(value, str):
+            return cls(MappingProxyType({default_locale: value}), default_locale)
+        return cls(MappingProxyType(dict(value)), default_locale)
+
+    def get(self, locale: str | None = None) -> str:
+        """Return the text for ``locale``, falling back to the default locale,
+        then to the language without its region, then to the first entry."""
+        if locale:
+            if locale in self.translations:
+                return self.translations[locale]
+            language = locale.split("-")[0].split("_")[0]
+            for key, text in self.translations.items():
+                if key.split("-")[0] == language:
+                    return text
+        if self.default_locale in self.translations:
+            return self.translations[self.default_locale]
+        return next(iter(self.translations.values()), "")
+
+    def __str__(self) -> str:
+        return self.get()
+
+
+@dataclass(frozen=True)
+class Option:
+    """One choice of a picklist or multi-picklist field."""
+
+    value: str
+    label: Text
+    color: str | None = None
+
+
+@dataclass(frozen=True)
+class Field:
+    """A field declared in metadata, with type-specific properties."""
+
+    name: str
+    type: str
+    label: Text
+    help_text: Text | None = None
+    required: bool = False
+    unique: bool = False
+    default: Any = None
+    read_only: bool = False
+    indexed: bool = False
+    searchable: bool = False
+    # Type-specific properties; unused ones stay None.
+    max_length: int | None = None
+    pattern: str | None = None
+    minimum: Any = None
+    maximum: Any = None
+    precision: int | None = None
+    scale: int | None = None
+    currency_code: str | None = None
+    options: tuple[Option, ...] = ()
+    target: str | None = None
+    on_delete: str | None = None
+    prefix: str | None = None
+    digits: int | None = None
+
+    def option(self, value: str) -> Option | None:
+        for option in self.options:
+            if option.value == value:
+                return option
+        return None
+
+    @property
+    def writable(self) -> bool:
+        return not self.read_only and self.type != "auto_number"
+
+
+@dataclass(frozen=True)
+class Index:
+    """A database index or unique constraint over one or more fields."""
+
+    name: str
+    fields: tuple[str, ...]
+    unique: bool = False
+
+
+@dataclass(frozen=True)
+class FormItem:
+    field: str
+    modes: tuple[str, ...] = FORM_MODES
+
+
+@dataclass(frozen=True)
+class FormSection:
+    label: Text
+    columns: int
+    items: tuple[FormItem, ...]
+    modes: tuple[str, ...] = FORM_MODES
+
+    def fields_for(self, mode: str) -> tuple[str, ...]:
+        if mode not in self.modes:
+            return ()
+        return tuple(item.field for item in self.items if mode in item.modes)
+
+
+@dataclass(frozen=True)
+class Form:
+    sections: tuple[FormSection, ...]
+
+    def fields_for(self, mode: str) -> tuple[str, ...]:
+        """Return the field names shown in ``mode``, in form order."""
+        names: list[str] = []
+        for section in self.sections:
+            names.extend(section.fields_for(mode))
+        return tuple(names)
+
+
+@dataclass(frozen=True)
+class Filter:
+    """A saved filter condition: ``field op value``."""
+
+    field: str
+    op: str
+    value: Any
+
+
+@dataclass(frozen=True)
+class ListView:
+    name: str
+    label: Text
+    columns: tuple[str, ...]
+    sort: tuple[str, ...] = ("-created_at",)
+    filters: tuple[Filter, ...] = ()
+    page_size: int = 25
+
+
+@dataclass(frozen=True)
+class Entity:
+    name: str
+    label: Text
+    plural_label: Text
+    title_field: str
+    fields: tuple[Field, ...]
+    form: Form
+    list_views: tuple[ListView, ...]
+    description: Text | None = None
+    icon: str | None = None
+    indexes: tuple[Index, ...] = ()
+    _by_name: Mapping[str, Field] = field(
+        default_factory=lambda: MappingProxyType({}), repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        by_name = MappingProxyType({f.name: f for f in self.fields})
+        object.__setattr__(self, "_by_name", by_name)
+
+    def field(self, name: str) -> Field:
+        """Return the field called ``name``; raise ``KeyError`` if none."""
+        return self._by_name[name]
+
+    def has_field(self, name: str) -> bool:
+        return name in self._by_name
+
+    @property
+    def field_names(self) -> tuple[str, ...]:
+        return tuple(self._by_name)
+
+    @property
+    def lookups(self) -> tuple[Field, ...]:
+        return tuple(f for f in self.fields if f.type == "lookup")
+
+    @property
+    def searchable_fields(self) -> tuple[Field, ...]:
+        return tuple(f for f in self.fields if f.searchable)
+
+    @property
+    def default_list_view(self) -> ListView:
+        return self.list_views[0]
+
+    def list_view(self, name: str) -> ListView | None:
+        for view in self.list_views:
+            if view.name == name:
+                return view
+        return None
+
+
+@dataclass(frozen=True)
+class Definition:
+    """A whole compiled tenant definition, identified by its content hash."""
+
+    name: str
+    label: Text
+    version: str
+    default_locale: str
+    locales: tuple[str, ...]
+    entities: tuple[Entity, ...]
+    content_hash: str
+    #: The merged JSON documents the definition was compiled from, keyed by
+    #: their path inside the definition, so that it can be stored and reloaded.
+    documents: Mapping[str, Any] = field(
+        default_factory=lambda: MappingProxyType({}), repr=False, compare=False
+    )
+    _by_name: Mapping[str, Entity] = field(
+        default_factory=lambda: MappingProxyType({}), repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        by_name = MappingProxyType({e.name: e for e in self.entities})
+        object.__setattr__(self, "_by_name", by_name)
+
+    def entity(self, name: str) -> Entity:
+        """Return the entity called ``name``; raise ``KeyError`` if none."""
+        return self._by_name[name]
+
+    def has_entity(self, name: str) -> bool:
+        return name in self._by_name
+
+    def referencing(self, target: str) -> tuple[tuple[Entity, Field], ...]:
+        """Return every (entity, lookup field) pair that points at ``target``."""
+        return tuple(
+            (entity, f)
+            for entity in self.entities
+            for f in entity.lookups
+            if f.target == target
+        )

@@ -1,0 +1,120 @@
+"""Turn a compiled definition into SQLAlchemy table definitions.
+
+Every entity becomes one real table named ``e_<entity>`` with the system
+columns first, then one column per field. Lookups become foreign keys with
+the declared delete rule, and ``indexed``/``unique`` flags and index entries
+become real indexes and unique constraints. Nothing here touches a database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import sqlalchemy as sa
+
+from . import fieldtypes
+from .model import Definition, Entity
+from .sqltypes import UTCDateTime
+
+TABLE_PREFIX = "e_"
+ON_DELETE_SQL = {"restrict": "RESTRICT", "set_null": "SET NULL", "cascade": "CASCADE"}
+MAX_IDENTIFIER = 60
+
+
+def table_name(entity_name: str) -> str:
+    return TABLE_PREFIX + entity_name
+
+
+def constraint_name(prefix: str, entity: str, columns: tuple[str, ...]) -> str:
+    """Return a deterministic constraint name that fits PostgreSQL's limit."""
+    name = f"{prefix}_{entity}_{'_'.join(columns)}"
+    if len(name) <= MAX_IDENTIFIER:
+        return name
+    digest = hashlib.sha1(name.encode(), usedforsecurity=False).hexdigest()[:8]
+    return f"{name[: MAX_IDENTIFIER - 9]}_{digest}"
+
+
+def build_tables(definition: Definition, metadata: sa.MetaData) -> dict[str, sa.Table]:
+    """Add one table per entity, plus the service tables, to ``metadata``.
+
+    Returns the entity tables keyed by entity name.
+    """
+    build_service_tables(metadata)
+    return {
+        entity.name: build_entity_table(entity, metadata)
+        for entity in definition.entities
+    }
+
+
+def build_entity_table(entity: Entity, metadata: sa.MetaData) -> sa.Table:
+    name = table_name(entity.name)
+    columns: list[sa.Column[object]] = [
+        sa.Column("id", sa.String(36), primary_key=True),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.Column("updated_at", UTCDateTime(), nullable=False),
+        sa.Column("created_by", sa.String(36)),
+        sa.Column("updated_by", sa.String(36)),
+        sa.Column("owner_id", sa.String(36)),
+        sa.Column("version", sa.Integer(), nullable=False, default=1),
+    ]
+    constraints: list[sa.SchemaItem] = [
+        sa.Index(constraint_name("ix", entity.name, ("created_at", "id")),
+                 "created_at", "id"),
+        sa.Index(constraint_name("ix", entity.name, ("owner_id",)), "owner_id"),
+    ]
+    for field in entity.fields:
+        converter = fieldtypes.get(field.type)
+        column_args: list[sa.SchemaItem] = []
+        if field.type == "lookup" and field.target:
+            rule = ON_DELETE_SQL[field.on_delete or "restrict"]
+            column_args.append(
+                sa.ForeignKey(
+                    f"{table_name(field.target)}.id",
+                    ondelete=rule,
+                    name=constraint_name("fk", entity.name, (field.name,)),
+                )
+            )
+        columns.append(
+            sa.Column(field.name, converter.column_type(field), *column_args,
+                      nullable=True)
+        )
+        if field.unique or field.type == "auto_number":
+            constraints.append(
+                sa.UniqueConstraint(
+                    field.name, name=constraint_name("uq", entity.name, (field.name,))
+                )
+            )
+        elif field.indexed or field.type == "lookup":
+            constraints.append(
+                sa.Index(constraint_name("ix", entity.name, (field.name,)),
+                         field.name)
+            )
+    for index in entity.indexes:
+        prefix = "uq" if index.unique else "ix"
+        index_name = index.name or constraint_name(prefix, entity.name, index.fields)
+        if index.unique:
+            constraints.append(sa.UniqueConstraint(*index.fields, name=index_name))
+        else:
+            constraints.append(sa.Index(index_name, *index.fields))
+    return sa.Table(name, metadata, *columns, *constraints)
+
+
+def build_service_tables(metadata: sa.MetaData) -> None:
+    """Add the tables every tenant database has besides its entities."""
+    if "_sequences" not in metadata.tables:
+        sa.Table(
+            "_sequences",
+            metadata,
+            sa.Column("name", sa.String(120), primary_key=True),
+            sa.Column("value", sa.BigInteger(), nullable=False),
+        )
+    if "_metadata" not in metadata.tables:
+        sa.Table(
+            "_metadata",
+            metadata,
+            sa.Column("version", sa.Integer(), primary_key=True),
+            sa.Column("content_hash", sa.String(64), nullable=False),
+            sa.Column("documents", sa.JSON(), nullable=False),
+            sa.Column("applied_at", UTCDateTime(), nullable=False),
+            sa.Column("applied_by", sa.String(255)),
+        )
