@@ -69,7 +69,9 @@ class FieldType:
                 validate.Length(max=field.max_length, error=messages["max_length"])
             )
         if field.pattern:
-            checks.append(validate.Regexp(field.pattern, error=messages["pattern"]))
+            # The whole value must match, as when defaults are checked.
+            full = re.compile(f"(?:{field.pattern})\\Z")
+            checks.append(validate.Regexp(full, error=messages["pattern"]))
         return checks
 
     def common(self, field: Field, messages: Messages) -> dict[str, Any]:

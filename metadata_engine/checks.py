@@ -1,0 +1,186 @@
+"""Semantic checks of merged, schema-valid documents, across all files.
+
+Every check reports into one list, so that a definition's author gets every
+problem in one run. Problems are located through a ``locate`` callback that
+maps a merged document's pointer back to the file the author wrote.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
+from pathlib import PurePosixPath
+from typing import Any
+
+from metadata_engine import rules
+from metadata_engine.errors import Problem
+from metadata_engine.field_checks import check_field
+from metadata_engine.layout_checks import (
+    EntityFields,
+    Report,
+    check_form,
+    check_indexes,
+    check_list_view,
+    suggest,
+)
+from metadata_engine.merge import MANIFEST_KEY
+from metadata_engine.model import SYSTEM_COLUMNS
+
+#: Maps (document key, pointer) of a merged document to (file, pointer).
+Locate = Callable[[str, str], tuple[str, str]]
+
+Document = Mapping[str, Any]
+
+
+class Reporter:
+    """Collects Problems for merged documents, located in the authors' files."""
+
+    def __init__(self, locate: Locate) -> None:
+        self.locate = locate
+        self.problems: list[Problem] = []
+
+    def add(self, key: str, pointer: str, message: str, hint: str) -> None:
+        file, original = self.locate(key, pointer)
+        self.problems.append(Problem(file, original, message, hint))
+
+    def for_document(self, key: str) -> Report:
+        """Return a reporting function bound to the document ``key``."""
+
+        def report(pointer: str, message: str, hint: str) -> None:
+            self.add(key, pointer, message, hint)
+
+        return report
+
+
+def check_documents(
+    documents: Mapping[str, Document],
+    locate: Locate,
+    broken: Collection[str] = (),
+    broken_fields: Mapping[str, Collection[str]] | None = None,
+) -> list[Problem]:
+    """Run every semantic check and return the problems found.
+
+    ``broken`` names entities whose files failed schema validation, and
+    ``broken_fields`` the fields of each entity that did. Both count as
+    existing for references, so that one mistake is reported only once.
+    """
+    reporter = Reporter(locate)
+    manifest = documents.get(MANIFEST_KEY)
+    if manifest is not None:
+        _check_manifest(reporter.for_document(MANIFEST_KEY), manifest)
+    entities = {key: doc for key, doc in documents.items() if key != MANIFEST_KEY}
+    known = {doc["name"] for doc in entities.values()} | set(broken)
+    skipped = broken_fields or {}
+    for key, entity in entities.items():
+        report = reporter.for_document(key)
+        _check_entity(report, entity, known, skipped.get(entity["name"], ()))
+    return reporter.problems
+
+
+def check_file_name(file: str, document: Document) -> list[Problem]:
+    """Check that an entity file is named after its entity."""
+    expected = f"{document['name']}.json"
+    actual = PurePosixPath(file).name
+    if actual == expected:
+        return []
+    return [
+        Problem(
+            file,
+            "/name",
+            f"entity {document['name']!r} is in file {actual!r}",
+            f"rename the file to {expected!r} or change the entity name",
+        )
+    ]
+
+
+def _check_manifest(report: Report, manifest: Document) -> None:
+    default_locale = manifest.get("default_locale", rules.DEFAULT_LOCALE)
+    locales = manifest.get("locales", [default_locale])
+    if default_locale not in locales:
+        report(
+            "/default_locale",
+            f"default locale {default_locale!r} is not in locales {locales!r}",
+            f"add {default_locale!r} to locales or use one of: {', '.join(locales)}",
+        )
+
+
+def _check_name(report: Report, pointer: str, name: str, kind: str) -> None:
+    if name in SYSTEM_COLUMNS:
+        report(
+            pointer,
+            f"{kind} name {name!r} is reserved for a system column",
+            "rename it; every entity table has the columns "
+            + ", ".join(SYSTEM_COLUMNS),
+        )
+    if kind == "field" and name in rules.QUERY_PARAMETERS:
+        report(
+            pointer,
+            f"field name {name!r} is reserved for a query parameter of list "
+            "requests",
+            "rename it; these names are reserved: "
+            + ", ".join(sorted(rules.QUERY_PARAMETERS)),
+        )
+    for prefix in rules.RESERVED_PREFIXES:
+        if name.startswith(prefix):
+            report(
+                pointer,
+                f"{kind} name {name!r} starts with the reserved prefix {prefix!r}",
+                "rename it; SQLite reserves names starting with sqlite_ and "
+                "PostgreSQL names starting with pg_",
+            )
+
+
+def _check_entity(
+    report: Report, entity: Document, known: Collection[str], skipped: Collection[str]
+) -> None:
+    _check_name(report, "/name", entity["name"], "entity")
+    by_name: dict[str, Document] = {}
+    for index, field in enumerate(entity["fields"]):
+        pointer = f"/fields/{index}"
+        name = field["name"]
+        if name in by_name:
+            report(
+                f"{pointer}/name",
+                f"field name {name!r} appears more than once in entity "
+                f"{entity['name']!r}",
+                "rename one of the fields; field names are unique within an entity",
+            )
+        else:
+            by_name[name] = field
+        _check_name(report, f"{pointer}/name", name, "field")
+        check_field(report, pointer, field, known)
+    fields = EntityFields(entity["name"], by_name, skipped)
+    _check_title_field(report, entity["title_field"], fields)
+    check_indexes(report, entity, fields)
+    if "form" in entity:
+        check_form(report, entity["form"], fields)
+    view_names: set[str] = set()
+    for index, view in enumerate(entity.get("list_views", [])):
+        pointer = f"/list_views/{index}"
+        if view["name"] in view_names:
+            report(
+                f"{pointer}/name",
+                f"list view name {view['name']!r} appears more than once in entity "
+                f"{entity['name']!r}",
+                "give every list view of an entity a unique name",
+            )
+        view_names.add(view["name"])
+        check_list_view(report, pointer, view, fields)
+
+
+def _check_title_field(report: Report, title: str, fields: EntityFields) -> None:
+    if title in fields.skipped:
+        return
+    if title not in fields.by_name:
+        report(
+            "/title_field",
+            f"title field {title!r} is not a field of entity {fields.entity!r}",
+            suggest(title, fields.by_name) + f"use one of: {', '.join(fields.by_name)}",
+        )
+        return
+    field_type = fields.by_name[title]["type"]
+    if field_type not in rules.TITLE_TYPES:
+        report(
+            "/title_field",
+            f"title field {title!r} has type {field_type!r}, which cannot be a title",
+            "use a field of type " + ", ".join(sorted(rules.TITLE_TYPES)),
+        )

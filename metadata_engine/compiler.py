@@ -1,0 +1,251 @@
+"""Compile merged, checked documents into the immutable model, filling defaults."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Mapping
+from decimal import Decimal
+from types import MappingProxyType
+from typing import Any
+
+from metadata_engine import rules, values
+from metadata_engine.merge import MANIFEST_KEY
+from metadata_engine.model import (
+    FORM_MODES,
+    Definition,
+    Entity,
+    Field,
+    Filter,
+    Form,
+    FormItem,
+    FormSection,
+    Index,
+    ListView,
+    Option,
+    Text,
+)
+
+#: Keys that only matter while loading and are dropped from stored documents.
+LOADING_KEYS = ("$schema", "extends", "extend")
+MAX_INDEX_NAME = 60
+
+
+def normalize_documents(documents: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a sorted deep copy of ``documents`` without loading-only keys."""
+    normalized: dict[str, Any] = {}
+    for key in sorted(documents):
+        document = copy.deepcopy(dict(documents[key]))
+        for loading_key in LOADING_KEYS:
+            document.pop(loading_key, None)
+        normalized[key] = document
+    return normalized
+
+
+def content_hash(documents: Mapping[str, Any]) -> str:
+    """Return the SHA-256 hex digest of the canonical JSON of ``documents``."""
+    canonical = json.dumps(
+        dict(documents), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def compile_definition(documents: Mapping[str, Any]) -> Definition:
+    """Compile normalized documents that passed every check."""
+    manifest = documents[MANIFEST_KEY]
+    locale = manifest.get("default_locale", rules.DEFAULT_LOCALE)
+    entity_documents = sorted(
+        (doc for key, doc in documents.items() if key != MANIFEST_KEY),
+        key=lambda doc: doc["name"],
+    )
+    return Definition(
+        name=manifest["name"],
+        label=Text.of(manifest["label"], locale),
+        version=manifest["version"],
+        default_locale=locale,
+        locales=tuple(manifest.get("locales", [locale])),
+        entities=tuple(_compile_entity(doc, locale) for doc in entity_documents),
+        content_hash=content_hash(documents),
+        documents=MappingProxyType(dict(documents)),
+    )
+
+
+def index_name(entity: str, fields: tuple[str, ...], unique: bool) -> str:
+    """Return a deterministic index name of at most 60 characters.
+
+    Longer names are cut and end in 8 hex digits of their SHA-256, so that
+    two long names that share a prefix stay distinct.
+    """
+    name = f"{'uq' if unique else 'ix'}_{entity}_{'_'.join(fields)}"
+    if len(name) <= MAX_INDEX_NAME:
+        return name
+    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]
+    return f"{name[: MAX_INDEX_NAME - 9]}_{digest}"
+
+
+def _text(value: Any, locale: str) -> Text:
+    return Text.of(value, locale)
+
+
+def _optional_text(value: Any, locale: str) -> Text | None:
+    return None if value is None else Text.of(value, locale)
+
+
+def _compile_entity(document: Mapping[str, Any], locale: str) -> Entity:
+    name = document["name"]
+    label = _text(document["label"], locale)
+    fields = tuple(_compile_field(doc, locale) for doc in document["fields"])
+    indexes = tuple(
+        Index(
+            index_name(name, tuple(item["fields"]), unique),
+            tuple(item["fields"]),
+            unique,
+        )
+        for unique, kind in ((False, "indexes"), (True, "unique"))
+        for item in document.get(kind, [])
+    )
+    if "form" in document:
+        form = _compile_form(document["form"], locale)
+    else:
+        form = _default_form(label, fields)
+    plural_label = _text(document.get("plural_label", document["label"]), locale)
+    if "list_views" in document:
+        views = tuple(_compile_list_view(doc, locale) for doc in document["list_views"])
+    else:
+        views = (_default_list_view(plural_label, document["title_field"], fields),)
+    return Entity(
+        name=name,
+        label=label,
+        plural_label=plural_label,
+        title_field=document["title_field"],
+        fields=fields,
+        form=form,
+        list_views=views,
+        description=_optional_text(document.get("description"), locale),
+        icon=document.get("icon"),
+        indexes=indexes,
+    )
+
+
+def _compile_field(document: Mapping[str, Any], locale: str) -> Field:
+    field_type = document["type"]
+    is_auto_number = field_type == "auto_number"
+    is_decimal = field_type in rules.DECIMAL_TYPES
+    precision, scale = (
+        values.precision_and_scale(document) if is_decimal else (None, None)
+    )
+    return Field(
+        name=document["name"],
+        type=field_type,
+        label=_text(document["label"], locale),
+        help_text=_optional_text(document.get("help_text"), locale),
+        required=document.get("required", False),
+        unique=document.get("unique", False) or is_auto_number,
+        default=_convert(field_type, document.get("default")),
+        read_only=document.get("read_only", False) or is_auto_number,
+        indexed=document.get("indexed", False),
+        searchable=document.get("searchable", False),
+        max_length=values.max_length(document),
+        pattern=document.get("pattern"),
+        minimum=_convert(field_type, document.get("minimum")),
+        maximum=_convert(field_type, document.get("maximum")),
+        precision=precision,
+        scale=scale,
+        currency_code=(
+            document.get("currency_code", rules.CURRENCY_CODE)
+            if field_type == "currency"
+            else None
+        ),
+        options=tuple(
+            Option(item["value"], _text(item["label"], locale), item.get("color"))
+            for item in document.get("options", [])
+        ),
+        target=document.get("target"),
+        on_delete=(
+            document.get("on_delete", rules.ON_DELETE)
+            if field_type == "lookup"
+            else None
+        ),
+        prefix=(
+            document.get("prefix", rules.AUTO_NUMBER_PREFIX) if is_auto_number else None
+        ),
+        digits=(
+            document.get("digits", rules.AUTO_NUMBER_DIGITS) if is_auto_number else None
+        ),
+    )
+
+
+def _convert(field_type: str, value: Any) -> Any:
+    """Convert a checked JSON value to the Python type of ``field_type``."""
+    if value is None:
+        return None
+    if field_type == "date":
+        return values.parse_date(value)
+    if field_type == "datetime":
+        return values.parse_datetime(value)
+    if field_type in rules.DECIMAL_TYPES:
+        return Decimal(str(value))
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def _modes(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return FORM_MODES
+    return tuple(mode for mode in FORM_MODES if mode in value)
+
+
+def _compile_form(document: Mapping[str, Any], locale: str) -> Form:
+    sections = []
+    for section in document["sections"]:
+        items = []
+        for item in section["fields"]:
+            if isinstance(item, str):
+                items.append(FormItem(item))
+            else:
+                items.append(FormItem(item["field"], _modes(item.get("modes"))))
+        sections.append(
+            FormSection(
+                label=_text(section["label"], locale),
+                columns=section.get("columns", rules.SECTION_COLUMNS),
+                items=tuple(items),
+                modes=_modes(section.get("modes")),
+            )
+        )
+    return Form(tuple(sections))
+
+
+def _default_form(label: Text, fields: tuple[Field, ...]) -> Form:
+    items = tuple(FormItem(field.name) for field in fields)
+    return Form((FormSection(label, rules.SECTION_COLUMNS, items),))
+
+
+def _compile_list_view(document: Mapping[str, Any], locale: str) -> ListView:
+    filters = tuple(
+        Filter(item["field"], item["op"], _freeze(item["value"]))
+        for item in document.get("filters", [])
+    )
+    return ListView(
+        name=document["name"],
+        label=_text(document["label"], locale),
+        columns=tuple(document["columns"]),
+        sort=tuple(document.get("sort", rules.SORT)),
+        filters=filters,
+        page_size=document.get("page_size", rules.PAGE_SIZE),
+    )
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def _default_list_view(
+    plural_label: Text, title: str, fields: tuple[Field, ...]
+) -> ListView:
+    others = [field.name for field in fields if field.name != title]
+    columns = (title, *others[: rules.LIST_VIEW_EXTRA_COLUMNS])
+    return ListView(rules.LIST_VIEW_NAME, plural_label, columns)

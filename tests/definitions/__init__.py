@@ -1,0 +1,1 @@
+"""Small definitions for the metadata engine tests, and builders for more."""
