@@ -236,7 +236,7 @@ def export(slug: str, entity: str, file_format: str, output: Path | None,
         runtime = platform.runtime(slug)
         service = RecordService(runtime, system_actor(platform, slug, as_email))
         handle = (output.open("w", newline="", encoding="utf-8") if output
-                  else click.get_text_stream("stdout"))
+                  else sys.stdout)
         try:
             with tqdm(unit="rows", desc=f"export {entity}", file=sys.stderr,
                       disable=None if output else True) as bar:

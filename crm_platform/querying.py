@@ -18,15 +18,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from metadata_engine import fieldtypes
+from metadata_engine import fieldtypes, rules
 from metadata_engine.model import Entity, Filter
 
 from .errors import BadQuery
 
 #: Query parameters that are not field filters.
-RESERVED_PARAMETERS = frozenset(
-    {"sort", "limit", "cursor", "count", "q", "view", "page", "offset", "lang"}
-)
+RESERVED_PARAMETERS = rules.QUERY_PARAMETERS
 MAX_LIMIT = 200
 DEFAULT_LIMIT = 25
 MAX_IN_VALUES = 100
@@ -107,13 +105,9 @@ def _parse_one(entity: Entity, name: str, type_name: str, raw: str) -> Any:
     converter = fieldtypes.get(type_name)
     metadata_field = entity.field(name) if entity.has_field(name) else None
     if metadata_field is None:
-        if type_name == "datetime":
-            return fieldtypes.get("datetime").parse_text(
-                _placeholder(name), raw
-            )
-        if type_name == "integer":
-            return fieldtypes.get("integer").parse_text(_placeholder(name), raw)
-        return raw
+        if type_name not in ("datetime", "integer"):
+            return raw
+        metadata_field = _placeholder(name)
     try:
         return converter.parse_text(metadata_field, raw)
     except fieldtypes.ParseError as err:
@@ -234,7 +228,9 @@ def compile_condition(table: sa.Table, condition: Condition) -> sa.ColumnElement
     if op == "contains":
         if isinstance(column.type, fieldtypes.JSONList):
             needle = json.dumps(str(value), ensure_ascii=False)
-            return column.contains(needle, autoescape=True)
+            # Compare as text: JSONList would turn the needle into a JSON list.
+            as_text = sa.type_coerce(column, sa.Text())
+            return as_text.contains(needle, autoescape=True)
         return column.contains(str(value), autoescape=True)
     if op == "icontains":
         return sa.func.lower(column).contains(str(value).lower(), autoescape=True)

@@ -74,7 +74,7 @@ class Platform:
         self._engines: dict[str, sa.Engine] = {}
         self._runtimes: dict[str, TenantRuntime] = {}
         self._definitions: dict[str, Definition] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     # Run time
 

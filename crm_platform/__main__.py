@@ -1,0 +1,5 @@
+"""Run the command line with ``python -m crm_platform``."""
+
+from .cli import main
+
+main()
