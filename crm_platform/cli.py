@@ -86,18 +86,23 @@ def tenant() -> None:
 
 @tenant.command("create")
 @click.argument("slug")
-@click.option("--template", required=True,
-              type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Definition folder to create the tenant from.")
+@click.option(
+    "--template",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Definition folder to create the tenant from.",
+)
 @click.option("--name", help="Display name of the tenant [default: the slug].")
 @data_dir_option
-def tenant_create(slug: str, template: Path, name: str | None,
-                  data_dir: Path | None) -> None:
+def tenant_create(
+    slug: str, template: Path, name: str | None, data_dir: Path | None
+) -> None:
     """Create tenant SLUG and its tables from a definition."""
     _, platform = open_platform(data_dir)
     runtime = run_safely(lambda: platform.create_tenant(slug, template, name))
-    click.echo(f"created tenant {slug} with {len(runtime.definition.entities)} "
-               "entities")
+    click.echo(
+        f"created tenant {slug} with {len(runtime.definition.entities)} entities"
+    )
 
 
 @tenant.command("list")
@@ -106,8 +111,10 @@ def tenant_list(data_dir: Path | None) -> None:
     """List tenants with their status and metadata version."""
     _, platform = open_platform(data_dir)
     for item in platform.control.list_tenants():
-        click.echo(f"{item.slug}\t{item.status}\tv{item.metadata_version}\t"
-                   f"{(item.metadata_hash or '')[:12]}\t{item.name}")
+        click.echo(
+            f"{item.slug}\t{item.status}\tv{item.metadata_version}\t"
+            f"{(item.metadata_hash or '')[:12]}\t{item.name}"
+        )
 
 
 @main.command()
@@ -127,9 +134,11 @@ def apply(slug: str, path: Path, data_dir: Path | None) -> None:
         return platform.apply(slug, definition, applied_by="cli")
 
     runtime = run_safely(action)
-    click.echo(f"tenant {slug} is at metadata version "
-               f"{runtime.tenant.metadata_version} "
-               f"({runtime.definition.content_hash[:12]})")
+    click.echo(
+        f"tenant {slug} is at metadata version "
+        f"{runtime.tenant.metadata_version} "
+        f"({runtime.definition.content_hash[:12]})"
+    )
 
 
 def system_actor(platform: Platform, slug: str, email: str | None) -> Actor:
@@ -144,8 +153,10 @@ def system_actor(platform: Platform, slug: str, email: str | None) -> Actor:
         return actor
     admin = platform.control.first_admin(tenant_row)
     if admin is None:
-        fail(f"tenant {slug!r} has no admin; create one with "
-             f"'metacrm user create {slug} EMAIL --role admin' or pass --as")
+        fail(
+            f"tenant {slug!r} has no admin; create one with "
+            f"'metacrm user create {slug} EMAIL --role admin' or pass --as"
+        )
     assert admin is not None
     return admin
 
@@ -154,34 +165,59 @@ def system_actor(platform: Platform, slug: str, email: str | None) -> Actor:
 @click.argument("slug")
 @click.argument("entity")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--mapping", type=click.Path(exists=True, dir_okay=False,
-                                           path_type=Path),
-              help="JSON file mapping CSV columns to fields "
-              "[default: headers matched to field names in snake case].")
-@click.option("--key", help="Field whose value matches rows to stored records, "
-              "which are updated instead of duplicated [default: from the mapping].")
+@click.option(
+    "--mapping",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="JSON file mapping CSV columns to fields "
+    "[default: headers matched to field names in snake case].",
+)
+@click.option(
+    "--key",
+    help="Field whose value matches rows to stored records, "
+    "which are updated instead of duplicated [default: from the mapping].",
+)
 @click.option("--dry-run", is_flag=True, help="Validate and count; write nothing.")
-@click.option("--encoding", default="utf-8", show_default=True,
-              help="Text encoding of FILE.")
-@click.option("--rejects", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write rejected rows with their reasons to this CSV file.")
-@click.option("--as", "as_email", help="E-mail of the member to import as "
-              "[default: the tenant's first admin].")
+@click.option(
+    "--encoding", default="utf-8", show_default=True, help="Text encoding of FILE."
+)
+@click.option(
+    "--rejects",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write rejected rows with their reasons to this CSV file.",
+)
+@click.option(
+    "--as",
+    "as_email",
+    help="E-mail of the member to import as [default: the tenant's first admin].",
+)
 @data_dir_option
-def import_command(slug: str, entity: str, file: Path, mapping: Path | None,
-                   key: str | None, dry_run: bool, encoding: str,
-                   rejects: Path | None, as_email: str | None,
-                   data_dir: Path | None) -> None:
+def import_command(
+    slug: str,
+    entity: str,
+    file: Path,
+    mapping: Path | None,
+    key: str | None,
+    dry_run: bool,
+    encoding: str,
+    rejects: Path | None,
+    as_email: str | None,
+    data_dir: Path | None,
+) -> None:
     """Import the CSV FILE into ENTITY of tenant SLUG."""
     from .importer import write_rejects
 
     _, platform = open_platform(data_dir)
-    report = run_safely(lambda: _import(platform, slug, entity, file, mapping, key,
-                                        dry_run, encoding, as_email))
+    report = run_safely(
+        lambda: _import(
+            platform, slug, entity, file, mapping, key, dry_run, encoding, as_email
+        )
+    )
     click.echo(report.summary())
     for rejected in report.rejected[:20]:
-        reasons = "; ".join(f"{name}: {' '.join(messages)}"
-                            for name, messages in rejected.errors.items())
+        reasons = "; ".join(
+            f"{name}: {' '.join(messages)}"
+            for name, messages in rejected.errors.items()
+        )
         click.echo(f"  line {rejected.line}: {reasons}", err=True)
     if len(report.rejected) > 20:
         click.echo(f"  … and {len(report.rejected) - 20} more rejected rows", err=True)
@@ -190,9 +226,17 @@ def import_command(slug: str, entity: str, file: Path, mapping: Path | None,
         click.echo(f"rejected rows written to {rejects}")
 
 
-def _import(platform: Platform, slug: str, entity: str, file: Path,
-            mapping_path: Path | None, key: str | None, dry_run: bool,
-            encoding: str, as_email: str | None) -> Any:
+def _import(
+    platform: Platform,
+    slug: str,
+    entity: str,
+    file: Path,
+    mapping_path: Path | None,
+    key: str | None,
+    dry_run: bool,
+    encoding: str,
+    as_email: str | None,
+) -> Any:
     from .importer import ColumnMapping, import_csv
     from .records import RecordService
 
@@ -203,13 +247,26 @@ def _import(platform: Platform, slug: str, entity: str, file: Path,
     if mapping is not None and key:
         mapping.key = key
     total = sum(1 for _ in file.open("rb")) - 1
-    with tqdm(total=max(total, 0), unit="rows", desc=f"import {entity}",
-              file=sys.stderr, disable=None) as bar:
+    with tqdm(
+        total=max(total, 0),
+        unit="rows",
+        desc=f"import {entity}",
+        file=sys.stderr,
+        disable=None,
+    ) as bar:
+
         def progress(done: int) -> None:
             bar.update(done - bar.n)
 
-        report = import_csv(service, entity, file, mapping, dry_run=dry_run,
-                            encoding=encoding, progress=progress)
+        report = import_csv(
+            service,
+            entity,
+            file,
+            mapping,
+            dry_run=dry_run,
+            encoding=encoding,
+            progress=progress,
+        )
     if mapping is None and key:
         log.warning("--key is used only with --mapping")
     return report
@@ -218,14 +275,29 @@ def _import(platform: Platform, slug: str, entity: str, file: Path,
 @main.command()
 @click.argument("slug")
 @click.argument("entity")
-@click.option("--format", "file_format", type=click.Choice(["csv", "json"]),
-              default="csv", show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
-              help="File to write [default: standard output].")
+@click.option(
+    "--format",
+    "file_format",
+    type=click.Choice(["csv", "json"]),
+    default="csv",
+    show_default=True,
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File to write [default: standard output].",
+)
 @click.option("--as", "as_email", help="E-mail of the member to export as.")
 @data_dir_option
-def export(slug: str, entity: str, file_format: str, output: Path | None,
-           as_email: str | None, data_dir: Path | None) -> None:
+def export(
+    slug: str,
+    entity: str,
+    file_format: str,
+    output: Path | None,
+    as_email: str | None,
+    data_dir: Path | None,
+) -> None:
     """Export every record of ENTITY of tenant SLUG as CSV or JSON."""
     from .exporter import export as export_records
     from .records import RecordService
@@ -235,13 +307,23 @@ def export(slug: str, entity: str, file_format: str, output: Path | None,
     def action() -> int:
         runtime = platform.runtime(slug)
         service = RecordService(runtime, system_actor(platform, slug, as_email))
-        handle = (output.open("w", newline="", encoding="utf-8") if output
-                  else sys.stdout)
+        handle = (
+            output.open("w", newline="", encoding="utf-8") if output else sys.stdout
+        )
         try:
-            with tqdm(unit="rows", desc=f"export {entity}", file=sys.stderr,
-                      disable=None if output else True) as bar:
-                return export_records(service, entity, handle, file_format,
-                                      progress=lambda n: bar.update(n - bar.n))
+            with tqdm(
+                unit="rows",
+                desc=f"export {entity}",
+                file=sys.stderr,
+                disable=None if output else True,
+            ) as bar:
+                return export_records(
+                    service,
+                    entity,
+                    handle,
+                    file_format,
+                    progress=lambda n: bar.update(n - bar.n),
+                )
         finally:
             if output:
                 handle.close()
@@ -261,21 +343,31 @@ def user() -> None:
 @click.argument("email")
 @click.option("--role", required=True, type=click.Choice(ROLES))
 @click.option("--name", help="Display name [default: the part before @].")
-@click.option("--password-stdin", is_flag=True,
-              help="Read the password from standard input (first line).")
-@click.option("--locale", type=click.Choice(["en", "zh-CN"]), default="en",
-              show_default=True)
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help="Read the password from standard input (first line).",
+)
+@click.option(
+    "--locale", type=click.Choice(["en", "zh-CN"]), default="en", show_default=True
+)
 @data_dir_option
-def user_create(slug: str, email: str, role: str, name: str | None,
-                password_stdin: bool, locale: str, data_dir: Path | None) -> None:
+def user_create(
+    slug: str,
+    email: str,
+    role: str,
+    name: str | None,
+    password_stdin: bool,
+    locale: str,
+    data_dir: Path | None,
+) -> None:
     """Create user EMAIL (or reuse an existing one) as a member of SLUG."""
     _, platform = open_platform(data_dir)
     password = None
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     elif sys.stdin.isatty():
-        password = click.prompt("Password", hide_input=True,
-                                confirmation_prompt=True)
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
 
     def action() -> str:
         tenant_row = platform.control.get_tenant(slug)
@@ -300,11 +392,15 @@ def token() -> None:
 @click.argument("slug")
 @click.argument("email")
 @click.option("--name", default="api", show_default=True, help="Label of the token.")
-@click.option("--expires-days", type=click.IntRange(1, 3650),
-              help="Days until the token expires [default: never].")
+@click.option(
+    "--expires-days",
+    type=click.IntRange(1, 3650),
+    help="Days until the token expires [default: never].",
+)
 @data_dir_option
-def token_create(slug: str, email: str, name: str, expires_days: int | None,
-                 data_dir: Path | None) -> None:
+def token_create(
+    slug: str, email: str, name: str, expires_days: int | None, data_dir: Path | None
+) -> None:
     """Create an API token for EMAIL in SLUG and print it on a line of its own.
 
     The token is shown only this once; only its hash is stored.
@@ -325,8 +421,13 @@ def token_create(slug: str, email: str, name: str, expires_days: int | None,
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--threads", default=8, show_default=True, type=int,
-              help="Worker threads of the WSGI server.")
+@click.option(
+    "--threads",
+    default=8,
+    show_default=True,
+    type=int,
+    help="Worker threads of the WSGI server.",
+)
 @data_dir_option
 def serve(host: str, port: int, threads: int, data_dir: Path | None) -> None:
     """Serve the web UI and API with the waitress WSGI server."""
@@ -334,8 +435,9 @@ def serve(host: str, port: int, threads: int, data_dir: Path | None) -> None:
     _serve(settings, platform, host, port, threads)
 
 
-def _serve(settings: Settings, platform: Platform, host: str, port: int,
-           threads: int) -> None:
+def _serve(
+    settings: Settings, platform: Platform, host: str, port: int, threads: int
+) -> None:
     import waitress
 
     from .app import create_app
@@ -363,8 +465,10 @@ def demo(host: str, port: int, no_serve: bool, data_dir: Path | None) -> None:
     click.echo(f"  login:     {info.email}")
     click.echo(f"  password:  {info.password}")
     click.echo(f"  API token: {info.token}")
-    click.echo(f"  try:       curl -H 'Authorization: Bearer {info.token}' "
-               f"'http://{host}:{port}/t/{info.slug}/api/v1/records/account?"
-               "churn=true&limit=5'")
+    click.echo(
+        f"  try:       curl -H 'Authorization: Bearer {info.token}' "
+        f"'http://{host}:{port}/t/{info.slug}/api/v1/records/account?"
+        "churn=true&limit=5'"
+    )
     if not no_serve:
         _serve(settings, platform, host, port, threads=8)

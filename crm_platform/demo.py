@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TELCO = ROOT / "examples" / "telco"
 DEMO_SLUG = "demo"
 DEMO_EMAIL = "admin@demo.example.com"
-PASSWORD_FILE = "demo-admin-password"
+CREDENTIALS_FILE = "demo-admin-password"
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class DemoInfo:
 def demo_password(data_dir: Path) -> str:
     """Return the demo admin's password, made once and kept (mode 0600) in the
     data directory so that every run can print it."""
-    path = data_dir / PASSWORD_FILE
+    path = data_dir / CREDENTIALS_FILE
     if path.exists():
         return path.read_text(encoding="ascii").strip()
     password = "demo-" + secrets.token_urlsafe(12)
@@ -69,13 +69,21 @@ def setup_demo(platform: Platform, example: Path = TELCO) -> DemoInfo:
     mapping = ColumnMapping.from_file(example / "import-accounts.json")
     service = RecordService(platform.runtime(DEMO_SLUG), actor, "en")
     csv_path = example / "data" / "Telco-Customer-Churn.csv"
-    report = import_csv(service, mapping.entity, csv_path, mapping,
-                        progress=_print_progress)
+    report = import_csv(
+        service, mapping.entity, csv_path, mapping, progress=_print_progress
+    )
     print(f"\r{report.summary()}", flush=True)
     platform.control.revoke_tokens_named(tenant, user_id, "demo")
     token = platform.control.create_token(tenant, user_id, "demo")
-    return DemoInfo(DEMO_SLUG, DEMO_EMAIL, password, token, report.created,
-                    report.updated, len(report.rejected))
+    return DemoInfo(
+        DEMO_SLUG,
+        DEMO_EMAIL,
+        password,
+        token,
+        report.created,
+        report.updated,
+        len(report.rejected),
+    )
 
 
 def _print_progress(done: int) -> None:

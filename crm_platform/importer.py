@@ -52,7 +52,9 @@ class ColumnMapping:
         try:
             document = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ImportFailed(f"cannot read mapping file {str(path)!r}: {err}") from err
+            raise ImportFailed(
+                f"cannot read mapping file {str(path)!r}: {err}"
+            ) from err
         if not isinstance(document, dict) or not isinstance(
             document.get("columns"), dict
         ):
@@ -64,8 +66,11 @@ class ColumnMapping:
             str(header): [target] if isinstance(target, str) else list(target)
             for header, target in document["columns"].items()
         }
-        return cls(entity=str(document.get("entity", "")), columns=columns,
-                   key=document.get("key"))
+        return cls(
+            entity=str(document.get("entity", "")),
+            columns=columns,
+            key=document.get("key"),
+        )
 
     @classmethod
     def by_header(cls, entity: Entity, headers: list[str]) -> ColumnMapping:
@@ -113,8 +118,9 @@ def read_text(path: Path, encoding: str = "utf-8") -> str:
     """Read a CSV file, naming the line of the first byte that does not decode."""
     data = path.read_bytes()
     try:
-        return data.decode("utf-8-sig" if encoding.lower() in {"utf-8", "utf8"}
-                           else encoding)
+        return data.decode(
+            "utf-8-sig" if encoding.lower() in {"utf-8", "utf8"} else encoding
+        )
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
         raise ImportFailed(
@@ -162,8 +168,13 @@ def import_csv(
     _flush(service, entity_name, mapping, batch, report, dry_run)
     if progress:
         progress(report.rows)
-    log.info("imported %s into %s.%s: %s", path.name, service.runtime.slug,
-             entity_name, report.summary())
+    log.info(
+        "imported %s into %s.%s: %s",
+        path.name,
+        service.runtime.slug,
+        entity_name,
+        report.summary(),
+    )
     return report
 
 
@@ -194,15 +205,14 @@ def check_mapping(entity: Entity, mapping: ColumnMapping, headers: list[str]) ->
             if not entity.has_field(name):
                 problems.append(f"column {header!r} maps to unknown field {name!r}")
             elif not entity.field(name).writable:
-                problems.append(
-                    f"column {header!r} maps to read-only field {name!r}"
-                )
+                problems.append(f"column {header!r} maps to read-only field {name!r}")
     if mapping.key and not entity.has_field(mapping.key):
         problems.append(f"key {mapping.key!r} is not a field of {entity.name!r}")
     if problems:
         raise ImportFailed(
             "the column mapping does not fit the file and entity "
-            f"{entity.name!r}: " + "; ".join(problems)
+            f"{entity.name!r}: "
+            + "; ".join(problems)
             + f". Fields of {entity.name!r}: {', '.join(entity.field_names)}"
         )
 
@@ -226,8 +236,9 @@ def convert_row(
         raw = row.get(header, "")
         for name in targets:
             if len(raw) > MAX_CELL:
-                errors[name] = [f"value is {len(raw)} characters; the limit is "
-                                f"{MAX_CELL}"]
+                errors[name] = [
+                    f"value is {len(raw)} characters; the limit is {MAX_CELL}"
+                ]
                 continue
             if raw.strip() == "":
                 values[name] = None

@@ -191,12 +191,13 @@ def check_sort(entity: Entity, sort: Iterable[str]) -> None:
         type_name = field_type(entity, name)
         if not fieldtypes.get(type_name).sortable:
             raise BadQuery(
-                f"cannot sort by {name!r}: fields of type {type_name} are not "
-                "sortable"
+                f"cannot sort by {name!r}: fields of type {type_name} are not sortable"
             )
 
 
-def conditions_from_filters(entity: Entity, filters: Iterable[Filter]) -> list[Condition]:
+def conditions_from_filters(
+    entity: Entity, filters: Iterable[Filter]
+) -> list[Condition]:
     """Turn a saved list view's filters into conditions."""
     return [Condition(item.field, item.op, item.value) for item in filters]
 
@@ -243,8 +244,10 @@ def compile_search(
     names = [f.name for f in entity.searchable_fields] or [entity.title_field]
     needle = text.lower()
     return sa.or_(
-        *(sa.func.lower(table.c[name]).contains(needle, autoescape=True)
-          for name in names)
+        *(
+            sa.func.lower(table.c[name]).contains(needle, autoescape=True)
+            for name in names
+        )
     )
 
 
@@ -284,7 +287,7 @@ def _to_json(value: Any) -> Any:
 
 def _from_json(value: Any) -> Any:
     if isinstance(value, dict) and len(value) == 1:
-        (kind, text), = value.items()
+        ((kind, text),) = value.items()
         try:
             if kind == "dt":
                 return dt.datetime.fromisoformat(text)

@@ -29,8 +29,19 @@ TEXT_TYPES = frozenset({"text", "long_text", "email", "phone", "url", "picklist"
 NUMBER_TYPES = frozenset({"integer", "decimal", "currency", "percent"})
 
 #: Operators allowed in filters, per field type.
-ALL_OPERATORS = ("eq", "ne", "lt", "lte", "gt", "gte", "in", "contains",
-                 "icontains", "startswith", "isnull")
+ALL_OPERATORS = (
+    "eq",
+    "ne",
+    "lt",
+    "lte",
+    "gt",
+    "gte",
+    "in",
+    "contains",
+    "icontains",
+    "startswith",
+    "isnull",
+)
 ORDERED_OPERATORS = ("eq", "ne", "lt", "lte", "gt", "gte", "in", "isnull")
 TEXT_OPERATORS = ALL_OPERATORS
 
@@ -58,7 +69,9 @@ class FieldType:
         return fields.String(
             validate=self.validators(field, messages),
             error_messages={
-                **base_errors(messages),"invalid": messages["invalid_text"]},
+                **base_errors(messages),
+                "invalid": messages["invalid_text"],
+            },
             **self.common(field, messages),
         )
 
@@ -109,7 +122,9 @@ class EmailType(FieldType):
         return fields.Email(
             validate=[validate.Length(max=254, error=messages["max_length"])],
             error_messages={
-                **base_errors(messages),"invalid": messages["invalid_email"]},
+                **base_errors(messages),
+                "invalid": messages["invalid_email"],
+            },
             **self.common(field, messages),
         )
 
@@ -124,7 +139,9 @@ class PhoneType(FieldType):
         return fields.String(
             validate=[validate.Regexp(PHONE_PATTERN, error=messages["invalid_phone"])],
             error_messages={
-                **base_errors(messages),"invalid": messages["invalid_phone"]},
+                **base_errors(messages),
+                "invalid": messages["invalid_phone"],
+            },
             **self.common(field, messages),
         )
 
@@ -140,7 +157,9 @@ class UrlType(FieldType):
             schemes={"http", "https"},
             validate=[validate.Length(max=2048, error=messages["max_length"])],
             error_messages={
-                **base_errors(messages),"invalid": messages["invalid_url"]},
+                **base_errors(messages),
+                "invalid": messages["invalid_url"],
+            },
             **self.common(field, messages),
         )
 
@@ -180,8 +199,11 @@ class DecimalType(FieldType):
     operators = ORDERED_OPERATORS
 
     def column_type(self, field: Field) -> sa.types.TypeEngine[Any]:
-        return sa.Numeric(field.precision or 18, field.scale if field.scale is not None
-                          else 2, asdecimal=True)
+        return sa.Numeric(
+            field.precision or 18,
+            field.scale if field.scale is not None else 2,
+            asdecimal=True,
+        )
 
     def schema_field(self, field: Field, messages: Messages) -> fields.Field:
         precision = field.precision or 18
@@ -228,10 +250,12 @@ class BooleanType(FieldType):
 
     def schema_field(self, field: Field, messages: Messages) -> fields.Field:
         return fields.Boolean(
-            truthy=set(TRUE_WORDS) | {True, 1},
-            falsy=set(FALSE_WORDS) | {False, 0},
+            truthy=set(TRUE_WORDS) | {True},
+            falsy=set(FALSE_WORDS) | {False},
             error_messages={
-                **base_errors(messages),"invalid": messages["invalid_boolean"]},
+                **base_errors(messages),
+                "invalid": messages["invalid_boolean"],
+            },
             **self.common(field, messages),
         )
 
@@ -312,7 +336,9 @@ class PicklistType(FieldType):
         return fields.String(
             validate=[validate.OneOf(choices, error=messages["choice"])],
             error_messages={
-                **base_errors(messages),"invalid": messages["invalid_text"]},
+                **base_errors(messages),
+                "invalid": messages["invalid_text"],
+            },
             **self.common(field, messages),
         )
 
@@ -330,7 +356,9 @@ class MultiPicklistType(FieldType):
         return fields.List(
             fields.String(validate=[validate.OneOf(choices, error=messages["choice"])]),
             error_messages={
-                **base_errors(messages),"invalid": messages["invalid_list"]},
+                **base_errors(messages),
+                "invalid": messages["invalid_list"],
+            },
             **self.common(field, messages),
         )
 
@@ -348,8 +376,7 @@ class LookupType(FieldType):
     def schema_field(self, field: Field, messages: Messages) -> fields.Field:
         return fields.String(
             validate=[validate.Length(min=1, max=36, error=messages["invalid_id"])],
-            error_messages={
-                **base_errors(messages),"invalid": messages["invalid_id"]},
+            error_messages={**base_errors(messages), "invalid": messages["invalid_id"]},
             **self.common(field, messages),
         )
 
@@ -434,9 +461,21 @@ def names() -> tuple[str, ...]:
 
 
 for _converter in (
-    FieldType(), LongTextType(), IntegerType(), DecimalType(), CurrencyType(),
-    PercentType(), BooleanType(), DateType(), DateTimeType(), EmailType(),
-    PhoneType(), UrlType(), PicklistType(), MultiPicklistType(), LookupType(),
+    FieldType(),
+    LongTextType(),
+    IntegerType(),
+    DecimalType(),
+    CurrencyType(),
+    PercentType(),
+    BooleanType(),
+    DateType(),
+    DateTimeType(),
+    EmailType(),
+    PhoneType(),
+    UrlType(),
+    PicklistType(),
+    MultiPicklistType(),
+    LookupType(),
     AutoNumberType(),
 ):
     register(_converter)

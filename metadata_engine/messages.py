@@ -73,7 +73,7 @@ SUPPORTED_LOCALES: tuple[str, ...] = tuple(MESSAGES)
 
 def messages_for(locale: str | None) -> Mapping[str, str]:
     """Return the message table for ``locale``, falling back to English."""
-    if locale in MESSAGES:
+    if locale is not None and locale in MESSAGES:
         return MESSAGES[locale]
     if locale and locale.lower().startswith("zh"):
         return MESSAGES["zh-CN"]

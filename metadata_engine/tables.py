@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 
 import sqlalchemy as sa
+from sqlalchemy.schema import SchemaItem
 
 from . import fieldtypes
 from .model import Definition, Entity
@@ -57,14 +58,15 @@ def build_entity_table(entity: Entity, metadata: sa.MetaData) -> sa.Table:
         sa.Column("owner_id", sa.String(36)),
         sa.Column("version", sa.Integer(), nullable=False, default=1),
     ]
-    constraints: list[sa.SchemaItem] = [
-        sa.Index(constraint_name("ix", entity.name, ("created_at", "id")),
-                 "created_at", "id"),
+    constraints: list[SchemaItem] = [
+        sa.Index(
+            constraint_name("ix", entity.name, ("created_at", "id")), "created_at", "id"
+        ),
         sa.Index(constraint_name("ix", entity.name, ("owner_id",)), "owner_id"),
     ]
     for field in entity.fields:
         converter = fieldtypes.get(field.type)
-        column_args: list[sa.SchemaItem] = []
+        column_args: list[SchemaItem] = []
         if field.type == "lookup" and field.target:
             rule = ON_DELETE_SQL[field.on_delete or "restrict"]
             column_args.append(
@@ -75,8 +77,9 @@ def build_entity_table(entity: Entity, metadata: sa.MetaData) -> sa.Table:
                 )
             )
         columns.append(
-            sa.Column(field.name, converter.column_type(field), *column_args,
-                      nullable=True)
+            sa.Column(
+                field.name, converter.column_type(field), *column_args, nullable=True
+            )
         )
         if field.unique or field.type == "auto_number":
             constraints.append(
@@ -86,8 +89,7 @@ def build_entity_table(entity: Entity, metadata: sa.MetaData) -> sa.Table:
             )
         elif field.indexed or field.type == "lookup":
             constraints.append(
-                sa.Index(constraint_name("ix", entity.name, (field.name,)),
-                         field.name)
+                sa.Index(constraint_name("ix", entity.name, (field.name,)), field.name)
             )
     for index in entity.indexes:
         prefix = "uq" if index.unique else "ix"

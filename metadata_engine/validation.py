@@ -11,7 +11,14 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import (
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    validate,
+    validates_schema,
+)
 
 from . import fieldtypes
 from .messages import messages_for
@@ -68,18 +75,24 @@ def build_schema(entity: Entity, locale: str | None = "en") -> type[RecordSchema
     for field in entity.fields:
         if not field.writable:
             continue
-        attributes[field.name] = fieldtypes.get(field.type).schema_field(field, messages)
+        attributes[field.name] = fieldtypes.get(field.type).schema_field(
+            field, messages
+        )
     attributes["id"] = fields.String(
-        validate=[validate.Length(equal=36, error=messages["invalid_id"]),
-                  _uuid_validator(messages)],
+        validate=[
+            validate.Length(equal=36, error=messages["invalid_id"]),
+            _uuid_validator(messages),
+        ],
         error_messages={"invalid": messages["invalid_id"]},
     )
     attributes["owner_id"] = fields.String(
         allow_none=True,
         validate=[validate.Length(max=36, error=messages["invalid_id"])],
     )
-    schema_class = type(f"{entity.name.title()}Schema", (RecordSchema,), attributes)
-    schema_class.error_messages = {"unknown": messages["unknown"]}
+    attributes["error_messages"] = {"unknown": messages["unknown"]}
+    schema_class: type[RecordSchema] = type(
+        f"{entity.name.title()}Schema", (RecordSchema,), attributes
+    )
     return schema_class
 
 

@@ -36,8 +36,17 @@ def invoke(runner: CliRunner, *args: str, input: str | None = None) -> str:
 def setup_tenant(runner: CliRunner) -> str:
     """Create tenant acme with an admin; return an API token."""
     invoke(runner, "tenant", "create", "acme", "--template", str(STANDARD_CRM))
-    invoke(runner, "user", "create", "acme", "boss@example.com", "--role", "admin",
-           "--password-stdin", input=PASSWORD + "\n")
+    invoke(
+        runner,
+        "user",
+        "create",
+        "acme",
+        "boss@example.com",
+        "--role",
+        "admin",
+        "--password-stdin",
+        input=PASSWORD + "\n",
+    )
     return invoke(runner, "token", "create", "acme", "boss@example.com").strip()
 
 
@@ -51,7 +60,9 @@ def test_validate_bad_definition(runner: CliRunner, tmp_path: Path) -> None:
     (folder / "entities").mkdir(parents=True)
     (folder / "definition.json").write_text(
         '{"format": 1, "name": "bad", "label": "Bad", "version": "1",'
-        ' "default_locale": "en", "locales": ["en"]}', encoding="utf-8")
+        ' "default_locale": "en", "locales": ["en"]}',
+        encoding="utf-8",
+    )
     (folder / "entities" / "thing.json").write_text("{not json", encoding="utf-8")
     result = runner.invoke(main, ["validate", str(folder)])
     assert result.exit_code == 1
@@ -67,24 +78,36 @@ def test_token_printed_alone(runner: CliRunner) -> None:
 
 def test_user_create_weak_password(runner: CliRunner) -> None:
     invoke(runner, "tenant", "create", "acme", "--template", str(STANDARD_CRM))
-    result = runner.invoke(main, ["user", "create", "acme", "x@example.com",
-                                  "--role", "admin", "--password-stdin"],
-                           input="short\n")
+    result = runner.invoke(
+        main,
+        [
+            "user",
+            "create",
+            "acme",
+            "x@example.com",
+            "--role",
+            "admin",
+            "--password-stdin",
+        ],
+        input="short\n",
+    )
     assert result.exit_code == 1
     assert "password too short" in result.output
 
 
 def test_tenant_create_duplicate(runner: CliRunner) -> None:
     invoke(runner, "tenant", "create", "acme", "--template", str(STANDARD_CRM))
-    result = runner.invoke(main, ["tenant", "create", "acme", "--template",
-                                  str(STANDARD_CRM)])
+    result = runner.invoke(
+        main, ["tenant", "create", "acme", "--template", str(STANDARD_CRM)]
+    )
     assert result.exit_code == 1
     assert "tenant 'acme' already exists" in result.output
 
 
 def test_tenant_slug_rejected(runner: CliRunner) -> None:
-    result = runner.invoke(main, ["tenant", "create", "Bad Slug!", "--template",
-                                  str(STANDARD_CRM)])
+    result = runner.invoke(
+        main, ["tenant", "create", "Bad Slug!", "--template", str(STANDARD_CRM)]
+    )
     assert result.exit_code == 1
     assert "invalid tenant slug 'Bad Slug!'" in result.output
 
@@ -92,11 +115,14 @@ def test_tenant_slug_rejected(runner: CliRunner) -> None:
 def test_import_export_round_trip(runner: CliRunner, tmp_path: Path) -> None:
     setup_tenant(runner)
     source = tmp_path / "accounts.csv"
-    source.write_text("name,grade,annual_revenue\nAcme,a,100.5\nGlobex,b,\n"
-                      "Broken,z,1\n", encoding="utf-8")
+    source.write_text(
+        "name,grade,annual_revenue\nAcme,a,100.5\nGlobex,b,\nBroken,z,1\n",
+        encoding="utf-8",
+    )
     rejects = tmp_path / "rejects.csv"
-    result = runner.invoke(main, ["import", "acme", "account", str(source),
-                                  "--rejects", str(rejects)])
+    result = runner.invoke(
+        main, ["import", "acme", "account", str(source), "--rejects", str(rejects)]
+    )
     assert result.exit_code == 0, result.output
     assert "created 2" in result.output
     assert "rejected 1" in result.output
@@ -110,8 +136,16 @@ def test_import_export_round_trip(runner: CliRunner, tmp_path: Path) -> None:
     assert "100.50" in lines[1]
 
     out_json = tmp_path / "out.json"
-    invoke(runner, "export", "acme", "account", "--format", "json",
-           "--output", str(out_json))
+    invoke(
+        runner,
+        "export",
+        "acme",
+        "account",
+        "--format",
+        "json",
+        "--output",
+        str(out_json),
+    )
     exported = json.loads(out_json.read_text(encoding="utf-8"))
     assert [item["name"] for item in exported] == ["Acme", "Globex"]
     assert exported[0]["annual_revenue"] == "100.50"
@@ -132,17 +166,19 @@ def test_apply_refuses_dropping_field(runner: CliRunner, tmp_path: Path) -> None
     changed = tmp_path / "changed"
     (changed / "entities").mkdir(parents=True)
     (changed / "definition.json").write_text(
-        (STANDARD_CRM / "definition.json").read_text(encoding="utf-8"),
-        encoding="utf-8")
+        (STANDARD_CRM / "definition.json").read_text(encoding="utf-8"), encoding="utf-8"
+    )
     for entity_file in (STANDARD_CRM / "entities").glob("*.json"):
         document = json.loads(entity_file.read_text(encoding="utf-8"))
         if document["name"] == "product":
-            document["fields"] = [f for f in document["fields"]
-                                  if f["name"] != "family"]
+            document["fields"] = [
+                f for f in document["fields"] if f["name"] != "family"
+            ]
             document.pop("form", None)
             document.pop("list_views", None)
         (changed / "entities" / entity_file.name).write_text(
-            json.dumps(document), encoding="utf-8")
+            json.dumps(document), encoding="utf-8"
+        )
     result = runner.invoke(main, ["apply", "acme", str(changed)])
     assert result.exit_code == 1
     assert "field 'family' of entity 'product'" in result.output
@@ -154,18 +190,31 @@ def test_apply_adds_field(runner: CliRunner, tmp_path: Path) -> None:
     changed = tmp_path / "changed"
     (changed / "entities").mkdir(parents=True)
     (changed / "definition.json").write_text(
-        (STANDARD_CRM / "definition.json").read_text(encoding="utf-8"),
-        encoding="utf-8")
+        (STANDARD_CRM / "definition.json").read_text(encoding="utf-8"), encoding="utf-8"
+    )
     for entity_file in (STANDARD_CRM / "entities").glob("*.json"):
         document = json.loads(entity_file.read_text(encoding="utf-8"))
         if document["name"] == "product":
-            document["fields"].append({"name": "warranty_months", "type": "integer",
-                                       "label": "Warranty", "minimum": 0})
-            document["fields"].append({"name": "supplier", "type": "lookup",
-                                       "label": "Supplier", "target": "account",
-                                       "on_delete": "set_null"})
+            document["fields"].append(
+                {
+                    "name": "warranty_months",
+                    "type": "integer",
+                    "label": "Warranty",
+                    "minimum": 0,
+                }
+            )
+            document["fields"].append(
+                {
+                    "name": "supplier",
+                    "type": "lookup",
+                    "label": "Supplier",
+                    "target": "account",
+                    "on_delete": "set_null",
+                }
+            )
         (changed / "entities" / entity_file.name).write_text(
-            json.dumps(document), encoding="utf-8")
+            json.dumps(document), encoding="utf-8"
+        )
     output = invoke(runner, "apply", "acme", str(changed))
     assert "metadata version 2" in output
     source = tmp_path / "products.csv"
@@ -187,25 +236,43 @@ def test_demo_twice_then_serve(tmp_path: Path) -> None:
     data_dir = tmp_path / "demo-data"
     env = {**os.environ, "METACRM_DATA_DIR": str(data_dir)}
     command = [sys.executable, "-m", "crm_platform", "demo"]
-    first = subprocess.run([*command, "--no-serve"], env=env, capture_output=True,
-                           text=True, timeout=300, check=True)
+    first = subprocess.run(
+        [*command, "--no-serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     assert "created 7043" in first.stdout
-    second = subprocess.run([*command, "--no-serve"], env=env, capture_output=True,
-                            text=True, timeout=300, check=True)
+    second = subprocess.run(
+        [*command, "--no-serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     assert "created 0, updated 0, unchanged 7043, rejected 0" in second.stdout
-    token = next(line.split()[-1] for line in second.stdout.splitlines()
-                 if "API token:" in line)
+    token = next(
+        line.split()[-1] for line in second.stdout.splitlines() if "API token:" in line
+    )
 
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "crm_platform", "serve", "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
-        url = f"http://127.0.0.1:{port}/t/demo/api/v1/records/account?churn=true" \
-              "&count=true&limit=5"
-        request = urllib.request.Request(url, headers={"Authorization":
-                                                       f"Bearer {token}"})
+        url = (
+            f"http://127.0.0.1:{port}/t/demo/api/v1/records/account?churn=true"
+            "&count=true&limit=5"
+        )
+        request = urllib.request.Request(
+            url, headers={"Authorization": f"Bearer {token}"}
+        )
         body = None
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -47,11 +47,14 @@ def test_snake_case_headers() -> None:
 
 
 def test_import_by_header_names(tmp_path: Path, records: RecordService) -> None:
-    path = write_csv(tmp_path / "a.csv", [
-        ["Name", "Grade", "AnnualRevenue"],
-        ["Acme", "a", "1,250.50"],
-        ["Globex", "b", ""],
-    ])
+    path = write_csv(
+        tmp_path / "a.csv",
+        [
+            ["Name", "Grade", "AnnualRevenue"],
+            ["Acme", "a", "1,250.50"],
+            ["Globex", "b", ""],
+        ],
+    )
     report = import_csv(records, "account", path)
     assert report.created == 2
     assert report.rejected == []
@@ -61,16 +64,21 @@ def test_import_by_header_names(tmp_path: Path, records: RecordService) -> None:
     assert stored[1]["annual_revenue"] is None
 
 
-def test_invalid_rows_rejected_valid_kept(tmp_path: Path, records: RecordService) -> None:
-    path = write_csv(tmp_path / "a.csv", [
-        ["name", "grade", "annual_revenue", "email"],
-        ["Good one", "a", "10", "ok@example.com"],
-        ["", "a", "10", ""],
-        ["Bad grade", "z", "10", ""],
-        ["Bad number", "a", "ten", ""],
-        ["Bad mail", "a", "1", "not-an-email"],
-        ["Good two", "c", "", ""],
-    ])
+def test_invalid_rows_rejected_valid_kept(
+    tmp_path: Path, records: RecordService
+) -> None:
+    path = write_csv(
+        tmp_path / "a.csv",
+        [
+            ["name", "grade", "annual_revenue", "email"],
+            ["Good one", "a", "10", "ok@example.com"],
+            ["", "a", "10", ""],
+            ["Bad grade", "z", "10", ""],
+            ["Bad number", "a", "ten", ""],
+            ["Bad mail", "a", "1", "not-an-email"],
+            ["Good two", "c", "", ""],
+        ],
+    )
     report = import_csv(records, "account", path)
     assert report.rows == 6
     assert report.created == 2
@@ -92,8 +100,9 @@ def test_dry_run_writes_nothing(tmp_path: Path, records: RecordService) -> None:
 
 
 def test_wrong_encoding_names_line(tmp_path: Path, records: RecordService) -> None:
-    path = write_csv(tmp_path / "gbk.csv", [["name"], ["Acme"], ["北京客户"]],
-                     encoding="gbk")
+    path = write_csv(
+        tmp_path / "gbk.csv", [["name"], ["Acme"], ["北京客户"]], encoding="gbk"
+    )
     with pytest.raises(ImportFailed, match=r"not valid utf-8: byte 0x.. on line 3"):
         import_csv(records, "account", path)
     assert all_accounts(records) == []
@@ -104,9 +113,15 @@ def test_wrong_encoding_names_line(tmp_path: Path, records: RecordService) -> No
 
 def test_oversized_cell_rejects_row(tmp_path: Path, records: RecordService) -> None:
     huge = "x" * (10 * 1024 * 1024)
-    path = write_csv(tmp_path / "big.csv", [
-        ["name", "description"], ["Small", "fine"], ["Big", huge], ["After", ""],
-    ])
+    path = write_csv(
+        tmp_path / "big.csv",
+        [
+            ["name", "description"],
+            ["Small", "fine"],
+            ["Big", huge],
+            ["After", ""],
+        ],
+    )
     report = import_csv(records, "account", path)
     assert report.created == 2
     assert [row.line for row in report.rejected] == [3]
@@ -143,10 +158,13 @@ def test_key_updates_instead_of_duplicating(
         columns={"id": ["customer_id", "name"], "charges": ["monthly_charges"]},
         key="customer_id",
     )
-    first = write_csv(tmp_path / "1.csv", [["id", "charges"], ["C1", "10"],
-                                           ["C2", "20"]])
-    second = write_csv(tmp_path / "2.csv", [["id", "charges"], ["C1", "10"],
-                                            ["C2", "25"], ["C3", "30"]])
+    first = write_csv(
+        tmp_path / "1.csv", [["id", "charges"], ["C1", "10"], ["C2", "20"]]
+    )
+    second = write_csv(
+        tmp_path / "2.csv",
+        [["id", "charges"], ["C1", "10"], ["C2", "25"], ["C3", "30"]],
+    )
     assert import_csv(telco_records, "account", first, mapping).created == 2
     report = import_csv(telco_records, "account", second, mapping)
     assert (report.created, report.updated, report.unchanged) == (1, 1, 1)
@@ -158,17 +176,22 @@ def test_key_updates_instead_of_duplicating(
 
 
 def test_duplicate_key_in_file(tmp_path: Path, telco_records: RecordService) -> None:
-    mapping = ColumnMapping(entity="account", columns={"id": ["customer_id", "name"]},
-                            key="customer_id")
+    mapping = ColumnMapping(
+        entity="account", columns={"id": ["customer_id", "name"]}, key="customer_id"
+    )
     path = write_csv(tmp_path / "dup.csv", [["id"], ["C1"], ["C1"]])
     report = import_csv(telco_records, "account", path, mapping)
     assert report.created == 1
     assert "duplicate customer_id 'C1'" in report.rejected[0].errors["customer_id"][0]
 
 
-def test_unique_violation_isolated(tmp_path: Path, telco_records: RecordService) -> None:
-    path = write_csv(tmp_path / "u.csv", [["name", "customer_id"], ["A", "X1"],
-                                          ["B", "X1"], ["C", "X2"]])
+def test_unique_violation_isolated(
+    tmp_path: Path, telco_records: RecordService
+) -> None:
+    path = write_csv(
+        tmp_path / "u.csv",
+        [["name", "customer_id"], ["A", "X1"], ["B", "X1"], ["C", "X2"]],
+    )
     report = import_csv(telco_records, "account", path)
     assert report.created == 2
     assert [row.line for row in report.rejected] == [3]
@@ -179,11 +202,19 @@ def test_missing_lookup_target(
     tmp_path: Path, records: RecordService, crm: TenantRuntime
 ) -> None:
     account = records.create("account", {"name": "Acme"})
-    path = write_csv(tmp_path / "o.csv", [
-        ["name", "account", "stage", "close_date"],
-        ["Real", account["id"], "prospecting", "2027-01-31"],
-        ["Ghost", "01a241e0-0000-7000-8000-000000000000", "prospecting", "2027-01-31"],
-    ])
+    path = write_csv(
+        tmp_path / "o.csv",
+        [
+            ["name", "account", "stage", "close_date"],
+            ["Real", account["id"], "prospecting", "2027-01-31"],
+            [
+                "Ghost",
+                "01a241e0-0000-7000-8000-000000000000",
+                "prospecting",
+                "2027-01-31",
+            ],
+        ],
+    )
     report = import_csv(records, "opportunity", path)
     assert report.created == 1
     assert "account" in report.rejected[0].errors
