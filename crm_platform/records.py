@@ -7,6 +7,7 @@ locking and (later) permissions and the change journal apply on every path.
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import logging
 import re
@@ -21,6 +22,7 @@ from uuid6 import uuid7
 
 from metadata_engine.messages import messages_for
 from metadata_engine.model import SYSTEM_COLUMNS, Entity, Field
+from metadata_engine.tables import build_service_tables
 from metadata_engine.validation import WRITABLE_SYSTEM_COLUMNS
 
 from .control import Actor
@@ -40,7 +42,14 @@ log = logging.getLogger(__name__)
 #: Largest text a single value may have, whatever its field allows, in
 #: characters: a guard against oversized requests reaching the database.
 MAX_VALUE_LENGTH = 100_000
+#: Loaded rows of an import batch, each with its index in the batch.
+IndexedRows = list[tuple[int, dict[str, Any]]]
 _UNIQUE_SQLITE = re.compile(r"UNIQUE constraint failed: ([\w.]+(?:, [\w.]+)*)")
+#: The tenant's service tables as real ``Table`` objects: unlike ``sa.table()``
+#: constructs, they follow the engine's schema_translate_map into the
+#: tenant's PostgreSQL schema.
+_SERVICE_TABLES = sa.MetaData()
+build_service_tables(_SERVICE_TABLES)
 
 
 @dataclass
@@ -117,7 +126,7 @@ class RecordService:
 
     def _where(
         self, entity: Entity, table: sa.Table, query: ListQuery
-    ) -> list[sa.ColumnElement[bool]]:
+    ) -> builtins.list[sa.ColumnElement[bool]]:
         where = [compile_condition(table, condition) for condition in query.conditions]
         if query.search:
             where.append(compile_search(entity, table, query.search))
@@ -158,11 +167,13 @@ class RecordService:
         result: dict[str, dict[str, str]] = {}
         for field in entity.lookups:
             ids = {record.get(field.name) for record in records}
-            result[field.name] = self.titles(field.target or "", ids - {None})
+            result[field.name] = self.titles(
+                field.target or "", {str(i) for i in ids if i is not None}
+            )
         return result
 
     def search_titles(self, entity_name: str, text: str, limit: int = 20
-                      ) -> list[tuple[str, str]]:
+                      ) -> builtins.list[tuple[str, str]]:
         """Return (id, title) pairs for a lookup picker."""
         entity = self.runtime.entity(entity_name)
         table = self.runtime.tables[entity_name]
@@ -174,7 +185,7 @@ class RecordService:
             return [(row[0], str(row[1] or row[0])) for row in conn.execute(statement)]
 
     def related(self, entity_name: str, record_id: str, limit: int = 10
-                ) -> list[RelatedList]:
+                ) -> builtins.list[RelatedList]:
         """Return the records of other entities whose lookups point here."""
         self.get(entity_name, record_id)
         lists = []
@@ -276,7 +287,7 @@ class RecordService:
         entity = self.runtime.entity(entity_name)
         table = self.runtime.tables[entity_name]
         result = BatchResult()
-        loaded: list[tuple[int, dict[str, Any]]] = []
+        loaded: IndexedRows = []
         for index, row in enumerate(rows):
             try:
                 loaded.append((index, self._load(entity, row, partial=False)))
@@ -297,9 +308,9 @@ class RecordService:
         self,
         conn: sa.Connection,
         entity: Entity,
-        loaded: list[tuple[int, dict[str, Any]]],
+        loaded: IndexedRows,
         result: BatchResult,
-    ) -> list[tuple[int, dict[str, Any]]]:
+    ) -> IndexedRows:
         for field in entity.lookups:
             wanted = {values[field.name] for _, values in loaded
                       if values.get(field.name)}
@@ -328,7 +339,7 @@ class RecordService:
         conn: sa.Connection,
         table: sa.Table,
         key: str | None,
-        loaded: list[tuple[int, dict[str, Any]]],
+        loaded: IndexedRows,
     ) -> dict[Any, dict[str, Any]]:
         if key is None:
             return {}
@@ -345,10 +356,10 @@ class RecordService:
         self,
         entity: Entity,
         key: str | None,
-        loaded: list[tuple[int, dict[str, Any]]],
+        loaded: IndexedRows,
         existing: Mapping[Any, Mapping[str, Any]],
         result: BatchResult,
-    ) -> tuple[list[tuple[int, dict[str, Any]]], list[tuple[int, dict[str, Any]]]]:
+    ) -> tuple[IndexedRows, IndexedRows]:
         now = dt.datetime.now(dt.UTC)
         inserts = []
         updates = []
@@ -389,8 +400,8 @@ class RecordService:
         conn: sa.Connection,
         entity: Entity,
         table: sa.Table,
-        inserts: list[tuple[int, dict[str, Any]]],
-        updates: list[tuple[int, dict[str, Any]]],
+        inserts: IndexedRows,
+        updates: IndexedRows,
         result: BatchResult,
     ) -> None:
         """Write with executemany; on a constraint error, retry row by row so
@@ -461,7 +472,7 @@ class RecordService:
             raise RecordInvalid(
                 f"a record must be a JSON object, not {type(data).__name__}"
             )
-        errors: dict[str, list[str]] = {}
+        errors: dict[str, builtins.list[str]] = {}
         clean: dict[str, Any] = {}
         for key, value in data.items():
             if isinstance(value, str) and len(value) > MAX_VALUE_LENGTH:
@@ -490,7 +501,7 @@ class RecordService:
     def _check_lookups(
         self, conn: sa.Connection, entity: Entity, values: Mapping[str, Any]
     ) -> None:
-        errors: dict[str, list[str]] = {}
+        errors: dict[str, builtins.list[str]] = {}
         for field in entity.lookups:
             target_id = values.get(field.name)
             if not target_id or not field.target:
@@ -588,7 +599,7 @@ def _next_number(conn: sa.Connection, entity: Entity, field: Field) -> str:
     """Take the next value of an auto-number field inside the write's
     transaction, so that numbers are never handed out twice."""
     name = f"{entity.name}.{field.name}"
-    sequences = sa.table("_sequences", sa.column("name"), sa.column("value"))
+    sequences = _SERVICE_TABLES.tables["_sequences"]
     insert_module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
     statement = (
         insert_module.insert(sequences)
@@ -607,7 +618,7 @@ def _reserve_numbers(
 ) -> list[str]:
     """Take ``count`` consecutive auto numbers in one statement."""
     name = f"{entity.name}.{field.name}"
-    sequences = sa.table("_sequences", sa.column("name"), sa.column("value"))
+    sequences = _SERVICE_TABLES.tables["_sequences"]
     insert_module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
     statement = (
         insert_module.insert(sequences)

@@ -111,6 +111,13 @@ def _check_name(report: Report, pointer: str, name: str, kind: str) -> None:
             "rename it; every entity table has the columns "
             + ", ".join(SYSTEM_COLUMNS),
         )
+    if kind == "entity" and name in rules.RESERVED_ENTITY_NAMES:
+        report(
+            pointer,
+            f"entity name {name!r} is reserved for a path of the web UI or API",
+            "rename it; these names are reserved: "
+            + ", ".join(sorted(rules.RESERVED_ENTITY_NAMES)),
+        )
     if kind == "field" and name in rules.QUERY_PARAMETERS:
         report(
             pointer,

@@ -36,6 +36,10 @@ QUERY_PARAMETERS: frozenset[str] = frozenset(
     {"sort", "limit", "cursor", "count", "q", "view", "page", "offset", "lang"}
 )
 
+#: Path segments the web UI and API use under /t/<tenant>/, which an entity
+#: name would collide with.
+RESERVED_ENTITY_NAMES: frozenset[str] = frozenset({"api", "login", "logout"})
+
 DECIMAL_TYPES = frozenset({"decimal", "currency", "percent"})
 
 #: Field type of each system column, as far as filtering and sorting go.

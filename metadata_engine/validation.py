@@ -38,7 +38,7 @@ class RecordSchema(Schema):
     entity: Entity
     messages: Mapping[str, str]
 
-    @validates_schema
+    @validates_schema(skip_on_field_errors=False)
     def check_required(self, data: dict[str, Any], partial: Any, **kwargs: Any) -> None:
         """Reject missing required fields on create and empty ones on update."""
         errors: dict[str, list[str]] = {}

@@ -1,0 +1,101 @@
+/* MetaCRM UI behaviour. Loaded as a file because the Content-Security-Policy
+   forbids inline scripts; styles are set through the CSSOM, which the policy
+   allows, never through style attributes. */
+(function () {
+  "use strict";
+
+  var HEX_COLOR = /^#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6})$/;
+
+  function expandHex(color) {
+    if (color.length === 4) {
+      return "#" + color[1] + color[1] + color[2] + color[2] + color[3] + color[3];
+    }
+    return color;
+  }
+
+  // Black or white, whichever reads better on the background (WCAG luminance).
+  function textColorFor(background) {
+    var hex = expandHex(background);
+    var channels = [1, 3, 5].map(function (start) {
+      var value = parseInt(hex.substr(start, 2), 16) / 255;
+      return value <= 0.03928 ? value / 12.92 : Math.pow((value + 0.055) / 1.055, 2.4);
+    });
+    var luminance = 0.2126 * channels[0] + 0.7152 * channels[1] + 0.0722 * channels[2];
+    return luminance > 0.4 ? "#111827" : "#ffffff";
+  }
+
+  function colourBadges(root) {
+    root.querySelectorAll("[data-color]").forEach(function (badge) {
+      var color = badge.getAttribute("data-color") || "";
+      if (!HEX_COLOR.test(color)) {
+        return;
+      }
+      badge.style.backgroundColor = color;
+      badge.style.borderColor = color;
+      badge.style.color = textColorFor(color);
+    });
+  }
+
+  function submitOnChange(root) {
+    root.querySelectorAll("[data-autosubmit]").forEach(function (input) {
+      input.addEventListener("change", function () {
+        var form = input.form;
+        if (!form) {
+          return;
+        }
+        if (typeof form.requestSubmit === "function") {
+          form.requestSubmit();
+        } else {
+          form.submit();
+        }
+      });
+    });
+  }
+
+  function clickableRows(root) {
+    root.querySelectorAll("tr[data-href]").forEach(function (row) {
+      row.addEventListener("click", function (event) {
+        if (event.target.closest("a, button, input, select, textarea, label")) {
+          return;
+        }
+        if (window.getSelection && String(window.getSelection()).length > 0) {
+          return;
+        }
+        window.location.assign(row.getAttribute("data-href"));
+      });
+    });
+  }
+
+  // Block a second submit while the first is on its way. Buttons are enabled
+  // again when the browser shows the page from its back-forward cache.
+  function submitOnce(root) {
+    root.querySelectorAll("form[method='post']").forEach(function (form) {
+      form.addEventListener("submit", function () {
+        form.querySelectorAll("button[type='submit']").forEach(function (button) {
+          window.setTimeout(function () { button.disabled = true; }, 0);
+        });
+      });
+    });
+    window.addEventListener("pageshow", function (event) {
+      if (!event.persisted) {
+        return;
+      }
+      root.querySelectorAll("button[type='submit']").forEach(function (button) {
+        button.disabled = false;
+      });
+    });
+  }
+
+  function start() {
+    colourBadges(document);
+    submitOnChange(document);
+    clickableRows(document);
+    submitOnce(document);
+  }
+
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", start);
+  } else {
+    start();
+  }
+})();
