@@ -7,9 +7,12 @@ from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 
+from renderers import init_app as init_renderers
+
+from .api import blueprint as api_blueprint
 from .config import Settings, load_settings
-from .errors import PlatformError
 from .tenancy import Platform
+from .web import blueprint as web_blueprint
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +38,12 @@ def create_app(
         SESSION_COOKIE_SECURE=settings.session_cookie_secure,
         SESSION_COOKIE_NAME="metacrm_session",
         WTF_CSRF_TIME_LIMIT=None,
-        JSON_SORT_KEYS=False,
     )
     app.extensions["metacrm"] = platform or Platform(settings)
     app.extensions["metacrm_settings"] = settings
 
-    from . import api
-
-    app.register_blueprint(api.blueprint)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.register_blueprint(api_blueprint)
     _register_web(app)
 
     app.after_request(_security_headers)
@@ -52,19 +53,9 @@ def create_app(
 
 
 def _register_web(app: Flask) -> None:
-    from renderers import init_app as init_renderers
-
-    from . import web
-
     init_renderers(app)
-    app.register_blueprint(web.blueprint)
+    app.register_blueprint(web_blueprint)
 
-
-def get_platform(app: Flask | None = None) -> Platform:
-    from flask import current_app
-
-    platform: Platform = (app or current_app).extensions["metacrm"]
-    return platform
 
 
 def _security_headers(response: Response) -> Response:
@@ -92,12 +83,3 @@ def _too_large(error: Any) -> tuple[Response, int]:
 def _healthz() -> Response:
     return jsonify({"status": "ok"})
 
-
-def error_body(error: PlatformError) -> dict[str, Any]:
-    return {
-        "error": {
-            "code": error.code,
-            "message": error.message,
-            "details": error.details,
-        }
-    }

@@ -11,7 +11,7 @@ from flask import g, session
 
 from metadata_engine.messages import normalize_locale
 
-from .app import get_platform
+from .context import get_platform
 from .control import Actor
 from .errors import NotFound, Unauthorized
 from .records import RecordService

@@ -319,6 +319,7 @@ def keyset_after(
         descending = key.startswith("-")
         column = table.c[key.removeprefix("-")]
         nulls_after = nulls_high != descending
+        after: sa.ColumnElement[bool]
         if value is None:
             after = sa.false() if nulls_after else column.is_not(None)
             equal = column.is_(None)

@@ -1,8 +1,8 @@
 """Conversion of records and entity metadata to JSON-ready values.
 
 The REST API and the UI share these rules so that a record reads the same
-everywhere: decimals are strings with exactly the field's scale (a JSON
-number would pass through binary floating point in most clients), dates are
+everywhere. Decimals are strings with exactly the field's scale, because a
+JSON number passes through binary floating point in most clients. Dates are
 ``YYYY-MM-DD``, datetimes are ISO 8601 in UTC ending in ``Z``, multi-picklists
 are lists and lookups are the target record's id.
 """
@@ -93,6 +93,13 @@ def metadata_value_to_json(value: Any) -> Any:
     return value
 
 
+def default_to_json(field: Field) -> Any:
+    """Return the field's default as the API would return the stored value."""
+    if field.default is not None and field.type in DECIMAL_TYPES:
+        return decimal_to_json(decimal.Decimal(field.default), field.scale)
+    return metadata_value_to_json(field.default)
+
+
 # Entity metadata, as the API's ``entities`` endpoint returns it.
 
 
@@ -112,7 +119,7 @@ def entity_to_json(entity: Entity, locale: str) -> dict[str, Any]:
 
 
 def system_column_to_json(name: str) -> dict[str, Any]:
-    """Describe a system column; the id-valued ones have the type ``id``."""
+    """Describe a system column. Columns that contain ids have the type ``id``."""
     filter_type = SYSTEM_TYPES[name]
     return {
         "name": name,
@@ -137,7 +144,7 @@ def field_to_json(field: Field, locale: str) -> dict[str, Any]:
         "searchable": field.searchable,
         "sortable": converter.sortable,
         "operators": list(converter.operators),
-        "default": metadata_value_to_json(field.default),
+        "default": default_to_json(field),
     }
     optional = {
         "max_length": field.max_length,

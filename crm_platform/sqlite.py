@@ -30,4 +30,7 @@ def _configure_connection(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode = WAL")
     cursor.execute("PRAGMA synchronous = NORMAL")
     cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    # LIKE is case-insensitive for ASCII by default in SQLite; the contains
+    # and startswith operators are case-sensitive, as on PostgreSQL.
+    cursor.execute("PRAGMA case_sensitive_like = ON")
     cursor.close()

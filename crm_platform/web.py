@@ -33,7 +33,7 @@ from metadata_engine.model import Entity, Field
 from renderers import forms, i18n, listing
 from renderers.listing import LookupChoices
 
-from .app import get_platform
+from .context import get_platform
 from .auth import actor_from_session, load_tenant, record_service, sign_in, sign_out
 from .control import Actor
 from .errors import (

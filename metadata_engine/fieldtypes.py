@@ -173,7 +173,7 @@ class IntegerType(FieldType):
 
     def schema_field(self, field: Field, messages: Messages) -> fields.Field:
         return fields.Integer(
-            strict=False,
+            strict=True,
             validate=range_validators(field, messages, -(2**63), 2**63 - 1),
             error_messages={
                 **base_errors(messages),
@@ -397,14 +397,16 @@ class DigitsValidator(validate.Validator):
         self.messages = messages
 
     def __call__(self, value: decimal.Decimal) -> decimal.Decimal:
-        sign, digits, exponent = value.as_tuple()
-        places = -exponent if isinstance(exponent, int) and exponent < 0 else 0
+        _, digits, exponent = value.normalize().as_tuple()
+        if not isinstance(exponent, int):
+            raise ValidationError(self.messages["invalid_decimal"])
+        places = max(-exponent, 0)
         if places > self.scale:
             raise ValidationError(
                 self.messages["decimal_places"].format(places=self.scale)
             )
-        whole = abs(value).to_integral_value(rounding=decimal.ROUND_DOWN)
-        whole_digits = len(str(whole)) if whole else 0
+        # Digits before the decimal point: 1E+20 has 21, 123.45 has 3.
+        whole_digits = max(len(digits) + exponent, 0) if any(digits) else 0
         if whole_digits > self.precision - self.scale:
             raise ValidationError(
                 self.messages["decimal_digits"].format(

@@ -38,15 +38,27 @@ class RecordSchema(Schema):
     entity: Entity
     messages: Mapping[str, str]
 
-    @validates_schema(skip_on_field_errors=False)
-    def check_required(self, data: dict[str, Any], partial: Any, **kwargs: Any) -> None:
-        """Reject missing required fields on create and empty ones on update."""
+    @validates_schema(skip_on_field_errors=False, pass_original=True)
+    def check_required(
+        self, data: dict[str, Any], original: Any, partial: Any, **kwargs: Any
+    ) -> None:
+        """Reject missing required fields on create and empty ones on update.
+
+        Runs even when other fields failed, so that one response lists every
+        problem. A field whose own validation failed is not reported again,
+        and a missing field with a default is left to the record service,
+        which fills it in.
+        """
         errors: dict[str, list[str]] = {}
         for field in self.entity.fields:
             if not field.required or not field.writable:
                 continue
+            if isinstance(original, Mapping) and (
+                field.name in original and field.name not in data
+            ):
+                continue
             missing = field.name not in data
-            if missing and partial:
+            if missing and (partial or field.default is not None):
                 continue
             value = data.get(field.name)
             if value is None or value == "" or value == []:
