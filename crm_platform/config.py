@@ -21,6 +21,11 @@ class Settings:
     max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH
     #: Set to False only for tests that drive plain HTTP without a browser.
     session_cookie_secure: bool = False
+    #: SQLAlchemy URL of a PostgreSQL database (``postgresql+psycopg://…``)
+    #: that contains the control plane and every tenant, one schema each. When
+    #: None, they are SQLite files in ``data_dir``. Left out of ``repr`` because
+    #: the URL may contain a password.
+    database_url: str | None = field(default=None, repr=False)
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -47,7 +52,8 @@ def load_settings(data_dir: str | os.PathLike[str] | None = None) -> Settings:
 
     The secret key comes from ``METACRM_SECRET_KEY`` or from the file
     ``secret_key`` in the data directory, which is created with mode 0600 on
-    first use.
+    first use. ``METACRM_DATABASE_URL``, when set, moves the control plane
+    and the tenants into that PostgreSQL database.
     """
     path = resolve_data_dir(data_dir)
     path.mkdir(parents=True, exist_ok=True)
@@ -56,7 +62,9 @@ def load_settings(data_dir: str | os.PathLike[str] | None = None) -> Settings:
     max_length = int(
         os.environ.get("METACRM_MAX_CONTENT_LENGTH", DEFAULT_MAX_CONTENT_LENGTH)
     )
-    return Settings(data_dir=path, secret_key=secret, max_content_length=max_length)
+    database_url = os.environ.get("METACRM_DATABASE_URL", "").strip() or None
+    return Settings(data_dir=path, secret_key=secret, max_content_length=max_length,
+                    database_url=database_url)
 
 
 def _read_or_create_secret(data_dir: Path) -> str:

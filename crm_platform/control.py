@@ -1,7 +1,8 @@
 """The control plane: tenants, users, memberships and API tokens.
 
-It lives in its own database (``control.sqlite`` in the data directory),
-apart from every tenant's records.
+It lives apart from every tenant's records: in its own database
+(``control.sqlite`` in the data directory) or, on PostgreSQL, in its own
+schema (see ``crm_platform.backends``).
 """
 
 from __future__ import annotations
@@ -12,15 +13,14 @@ import logging
 import re
 import secrets
 from dataclasses import dataclass
-from typing import Any
 
 import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from uuid6 import uuid7
 
+from .backends import lock_for_setup
 from .errors import NotFound, PlatformError, TenantError, Unauthorized
-from .sqlite import create_sqlite_engine
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +131,12 @@ class ControlPlane:
         self.hasher = PasswordHasher()
 
     @classmethod
-    def open(cls, path: Any) -> ControlPlane:
-        engine = create_sqlite_engine(path)
-        metadata.create_all(engine)
+    def open(cls, engine: sa.Engine) -> ControlPlane:
+        """Return the control plane on ``engine``, creating its tables if
+        they are missing."""
+        with engine.begin() as conn:
+            lock_for_setup(conn)
+            metadata.create_all(conn)
         return cls(engine)
 
     # Tenants

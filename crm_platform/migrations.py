@@ -4,6 +4,10 @@ Only additive changes are made: new tables, new columns and new indexes.
 Anything that would drop or rewrite stored data (a removed entity or field,
 a changed column type) raises ``UnsafeChange`` before any DDL runs, because
 metadata versioning with migration plans and rollback does not exist yet.
+
+The tables are defined without a schema. On PostgreSQL the connection routes
+them to the tenant's schema with ``schema_translate_map``, which neither the
+inspector nor Alembic's operations apply, so both get that schema explicitly.
 """
 
 from __future__ import annotations
@@ -15,14 +19,17 @@ import sqlalchemy as sa
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
 
-from metadata_engine.tables import TABLE_PREFIX
+from metadata_engine.tables import ON_DELETE_SQL, TABLE_PREFIX
 
+from .backends import connection_schema
 from .errors import UnsafeChange
 
 log = logging.getLogger(__name__)
 
 #: Type families that may stand in for each other when a stored column is
-#: compared with its definition (SQLite reports some types by affinity).
+#: compared with its definition (SQLite reports some types by affinity, and
+#: PostgreSQL reports ``DateTime`` as ``TIMESTAMP``). A type name matches
+#: the longest key it contains, so ``DATETIME`` is a datetime, not a date.
 _TYPE_FAMILIES: dict[str, str] = {
     "VARCHAR": "text", "TEXT": "text", "CHAR": "text", "STRING": "text",
     "BIGINT": "integer", "INTEGER": "integer", "SMALLINT": "integer",
@@ -30,6 +37,7 @@ _TYPE_FAMILIES: dict[str, str] = {
     "BOOLEAN": "boolean", "DATE": "date", "DATETIME": "datetime",
     "TIMESTAMP": "datetime", "JSON": "json",
 }
+_LONGEST_FIRST = sorted(_TYPE_FAMILIES, key=len, reverse=True)
 
 
 @dataclass
@@ -50,22 +58,24 @@ def _family(type_: sa.types.TypeEngine[object]) -> str:
     name = type(type_).__name__.upper()
     if hasattr(type_, "impl"):
         name = type(type_.impl).__name__.upper()
-    for key, family in _TYPE_FAMILIES.items():
+    for key in _LONGEST_FIRST:
         if key in name:
-            return family
+            return _TYPE_FAMILIES[key]
     return name.lower()
 
 
 def plan_changes(conn: sa.Connection, metadata: sa.MetaData) -> MigrationPlan:
-    """Compare the database with ``metadata`` and list the changes."""
+    """Compare the database (the schema ``conn`` routes to, if any) with
+    ``metadata`` and list the changes."""
+    schema = connection_schema(conn)
     inspector = sa.inspect(conn)
-    existing = set(inspector.get_table_names())
+    existing = set(inspector.get_table_names(schema=schema))
     plan = MigrationPlan()
     for table in metadata.sorted_tables:
         if table.name not in existing:
             plan.new_tables.append(table)
             continue
-        _plan_table(inspector, table, plan)
+        _plan_table(inspector, schema, table, plan)
     wanted = set(metadata.tables)
     for name in sorted(existing - wanted):
         if name.startswith(TABLE_PREFIX):
@@ -78,9 +88,12 @@ def plan_changes(conn: sa.Connection, metadata: sa.MetaData) -> MigrationPlan:
 
 
 def _plan_table(
-    inspector: sa.Inspector, table: sa.Table, plan: MigrationPlan
+    inspector: sa.Inspector, schema: str | None, table: sa.Table, plan: MigrationPlan
 ) -> None:
-    stored = {column["name"]: column for column in inspector.get_columns(table.name)}
+    stored = {
+        column["name"]: column
+        for column in inspector.get_columns(table.name, schema=schema)
+    }
     entity = table.name.removeprefix(TABLE_PREFIX)
     for column in table.columns:
         if column.name not in stored:
@@ -100,17 +113,21 @@ def _plan_table(
             "but is missing from the definition; removing a field would delete "
             "its data, so keep it in the definition"
         )
-    stored_indexes = {index["name"] for index in inspector.get_indexes(table.name)}
+    stored_indexes = {
+        index["name"] for index in inspector.get_indexes(table.name, schema=schema)
+    }
     stored_indexes |= {
         constraint["name"]
-        for constraint in inspector.get_unique_constraints(table.name)
+        for constraint in inspector.get_unique_constraints(table.name, schema=schema)
     }
     for index in table.indexes:
         if index.name not in stored_indexes:
             plan.new_indexes.append(index)
     for constraint in table.constraints:
-        if isinstance(constraint, sa.UniqueConstraint) and constraint.name and (
-            constraint.name not in stored_indexes
+        if (
+            isinstance(constraint, sa.UniqueConstraint)
+            and isinstance(constraint.name, str)
+            and constraint.name not in stored_indexes
         ):
             columns = [column.name for column in constraint.columns]
             if any(name in {c.name for _, c in plan.new_columns} for name in columns):
@@ -136,21 +153,63 @@ def apply_tables(conn: sa.Connection, metadata: sa.MetaData) -> MigrationPlan:
             details={"problems": plan.unsafe},
         )
     if plan.new_tables:
+        # create_all follows the connection's schema_translate_map.
         metadata.create_all(conn, tables=plan.new_tables)
+    schema = connection_schema(conn)
     operations = Operations(MigrationContext.configure(conn))
     for table, column in plan.new_columns:
-        copy = column._copy()
         if column.foreign_keys and conn.dialect.name == "sqlite":
-            # SQLite cannot add a foreign key with ALTER TABLE, so the batch
-            # mode rebuilds the table with the new column and its constraint.
-            with operations.batch_alter_table(table.name) as batch:
-                batch.add_column(copy)
+            _add_sqlite_reference(conn, table, column)
         else:
-            operations.add_column(table.name, copy)
+            # Alembic adds the column, then its foreign key constraint.
+            operations.add_column(table.name, _detached(column), schema=schema)
         log.info("added column %s.%s", table.name, column.name)
     for index in plan.new_indexes:
         operations.create_index(
             index.name or "", index.table.name if index.table is not None else "",
             [column.name for column in index.columns], unique=index.unique,
+            schema=schema,
         )
     return plan
+
+
+def _detached(column: sa.Column[object]) -> sa.Column[object]:
+    """Return a copy of ``column`` that belongs to no table, with its foreign
+    keys (``Column._copy()`` leaves out those bound to a table's constraint)."""
+    foreign_keys = [
+        sa.ForeignKey(key.target_fullname, name=key.name, ondelete=key.ondelete)
+        for key in column.foreign_keys
+    ]
+    return sa.Column(column.name, column.type, *foreign_keys,
+                     nullable=column.nullable)
+
+
+def _add_sqlite_reference(
+    conn: sa.Connection, table: sa.Table, column: sa.Column[object]
+) -> None:
+    """Add a lookup column with its foreign key on SQLite.
+
+    SQLite's ALTER TABLE cannot add a table constraint but accepts a
+    REFERENCES clause on the new column when its default is NULL. That avoids
+    rebuilding the table, which with foreign keys enforced would run the
+    delete rules of every table that refers to it.
+    """
+    (key,) = column.foreign_keys
+    if key.ondelete and key.ondelete not in ON_DELETE_SQL.values():
+        raise ValueError(
+            f"invalid delete rule {key.ondelete!r} on column {column.name!r}: "
+            f"use one of {', '.join(ON_DELETE_SQL.values())}"
+        )
+    preparer = conn.dialect.identifier_preparer
+    target = key.column
+    name = ""
+    if isinstance(key.name, str):
+        name = f"CONSTRAINT {preparer.quote(key.name)} "
+    rule = f" ON DELETE {key.ondelete}" if key.ondelete else ""
+    statement = (
+        f"ALTER TABLE {preparer.format_table(table)} ADD COLUMN "
+        f"{sa.schema.CreateColumn(column).compile(dialect=conn.dialect)} {name}"
+        f"REFERENCES {preparer.format_table(target.table)} "
+        f"({preparer.quote(target.name)}){rule}"
+    )
+    conn.exec_driver_sql(statement)

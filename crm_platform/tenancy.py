@@ -2,12 +2,14 @@
 
 ``Platform`` is the one object a process keeps: it opens the control plane,
 hands out a ``TenantRuntime`` per tenant and notices, with one query per
-request, when another process has applied new metadata.
+request, when another process has applied new metadata. Where the tenants are
+stored (SQLite files or PostgreSQL schemas) is up to its ``Backend``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import threading
 from collections.abc import Mapping
@@ -19,14 +21,14 @@ import sqlalchemy as sa
 
 from metadata_engine.loader import compile_documents, load_definition
 from metadata_engine.model import Definition, Entity
-from metadata_engine.tables import build_tables
+from metadata_engine.tables import build_service_tables, build_tables
 from metadata_engine.validation import RecordSchema, build_schema
 
+from .backends import Backend, create_backend
 from .config import Settings
-from .control import ControlPlane, Tenant
+from .control import ControlPlane, Tenant, tenants
 from .errors import NotFound, TenantError
 from .migrations import apply_tables
-from .sqlite import create_sqlite_engine
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +72,8 @@ class Platform:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.control = ControlPlane.open(settings.control_db_path)
-        self._engines: dict[str, sa.Engine] = {}
+        self.backend: Backend = create_backend(settings)
+        self.control = ControlPlane.open(self.backend.control_engine())
         self._runtimes: dict[str, TenantRuntime] = {}
         self._definitions: dict[str, Definition] = {}
         self._lock = threading.RLock()
@@ -105,8 +107,11 @@ class Platform:
                              tables=tables)
 
     def _load_stored_definition(self, engine: sa.Engine, tenant: Tenant) -> Definition:
-        stored = sa.table("_metadata", sa.column("version"), sa.column("documents"),
-                          sa.column("content_hash"))
+        # A real Table, not sa.table(): only Table objects follow the
+        # engine's schema_translate_map into the tenant's schema.
+        service_tables = sa.MetaData()
+        build_service_tables(service_tables)
+        stored = service_tables.tables["_metadata"]
         query = sa.select(stored.c.documents).where(
             stored.c.content_hash == tenant.metadata_hash
         ).order_by(stored.c.version.desc()).limit(1)
@@ -118,29 +123,29 @@ class Platform:
                 f"{tenant.metadata_hash!r}: apply its definition again"
             )
         if isinstance(documents, str):
-            import json
-
             documents = json.loads(documents)
         return compile_documents(documents)
 
     def engine(self, slug: str) -> sa.Engine:
-        engine = self._engines.get(slug)
-        if engine is None:
-            with self._lock:
-                engine = self._engines.get(slug)
-                if engine is None:
-                    engine = create_sqlite_engine(self.settings.tenant_db_path(slug))
-                    self._engines[slug] = engine
-        return engine
+        """Return the engine that runs every query of tenant ``slug``."""
+        return self.backend.tenant_engine(slug)
 
     # Provisioning
 
     def create_tenant(
         self, slug: str, template: str | Path, name: str | None = None
     ) -> TenantRuntime:
-        """Create a tenant and its tables from the definition at ``template``."""
+        """Create a tenant, its database or schema, and its tables from the
+        definition at ``template``."""
         definition = load_definition(template)
         tenant = self.control.create_tenant(slug, name)
+        try:
+            self.backend.create_tenant_storage(slug)
+        except Exception:
+            # The storage may belong to someone else (it existed already), so
+            # only the control plane's row is removed.
+            self._delete_tenant_row(tenant)
+            raise
         try:
             return self.apply(slug, definition)
         except Exception:
@@ -156,13 +161,12 @@ class Platform:
         Changes that would lose data raise ``UnsafeChange`` and change nothing.
         """
         tenant = self.control.get_tenant(slug)
-        engine = self.engine(slug)
         if tenant.metadata_hash == definition.content_hash:
             return self.runtime(slug)
         version = tenant.metadata_version + 1
         metadata = sa.MetaData()
         build_tables(definition, metadata)
-        with engine.begin() as conn:
+        with self.engine(slug).begin() as conn:
             apply_tables(conn, metadata)
             conn.execute(
                 metadata.tables["_metadata"].insert().values(
@@ -180,23 +184,21 @@ class Platform:
         return self.runtime(slug)
 
     def drop_tenant(self, tenant: Tenant) -> None:
-        """Remove a tenant that never went live (a failed provisioning)."""
-        engine = self._engines.pop(tenant.slug, None)
-        if engine is not None:
-            engine.dispose()
-        self._runtimes.pop(tenant.slug, None)
-        from .control import tenants
+        """Delete a tenant with its database or schema and every record in it.
 
+        Used when provisioning fails; there is no command for live tenants.
+        """
+        self._runtimes.pop(tenant.slug, None)
+        self.backend.drop_tenant_storage(tenant.slug)
+        self._delete_tenant_row(tenant)
+        log.info("dropped tenant %s", tenant.slug)
+
+    def _delete_tenant_row(self, tenant: Tenant) -> None:
         with self.control.engine.begin() as conn:
             conn.execute(tenants.delete().where(tenants.c.id == tenant.id))
-        for suffix in ("", "-wal", "-shm"):
-            path = Path(f"{self.settings.tenant_db_path(tenant.slug)}{suffix}")
-            path.unlink(missing_ok=True)
 
     def dispose(self) -> None:
-        for engine in self._engines.values():
-            engine.dispose()
-        self.control.engine.dispose()
+        self.backend.dispose()
 
 
 def describe(runtime: TenantRuntime) -> dict[str, Any]:

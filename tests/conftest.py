@@ -1,13 +1,21 @@
 """Fixtures shared by the whole suite: a data directory, the platform, and
-tenants built from real definitions."""
+tenants built from real definitions.
+
+``platform`` stores tenants in SQLite files. A test module that sets
+``pytestmark = pytest.mark.both_backends`` runs each of its tests that use
+``platform`` twice: on SQLite and on PostgreSQL, in a database of its own.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -24,13 +32,66 @@ STANDARD_CRM = ROOT / "tenant_definitions" / "standard_crm"
 TELCO = ROOT / "examples" / "telco"
 ADMIN_EMAIL = "admin@example.com"
 ADMIN_PASSWORD = "correct-horse-42"
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "both_backends: run the tests that use `platform` on SQLite and on "
+        "PostgreSQL",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marked = metafunc.definition.get_closest_marker("both_backends") is not None
+    if marked and "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", BACKENDS, indirect=True)
+
+
+@contextlib.contextmanager
+def fresh_database(server_url: str) -> Iterator[str]:
+    """Create an empty database on the server of ``server_url``, yield its
+    URL, and drop it afterwards, closing any connection still open to it.
+
+    The server's user needs the CREATEDB privilege, and the server must be
+    PostgreSQL 13 or later for ``DROP DATABASE ... WITH (FORCE)``.
+    """
+    name = f"metacrm_{uuid.uuid4().hex[:16]}"
+    admin = sa.create_engine(server_url, poolclass=sa.pool.NullPool,
+                             isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        try:
+            url = sa.make_url(server_url).set(database=name)
+            yield url.render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        admin.dispose()
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
+    """Settings on SQLite, or on PostgreSQL with a fresh database, as the
+    parameter set by ``both_backends`` selects. Without one, SQLite."""
     data_dir = tmp_path / "data"
     (data_dir / "tenants").mkdir(parents=True)
-    return Settings(data_dir=data_dir, secret_key=secrets.token_urlsafe(32))
+    secret_key = secrets.token_urlsafe(32)
+    kind = getattr(request, "param", "sqlite")
+    if kind == "sqlite":
+        yield Settings(data_dir=data_dir, secret_key=secret_key)
+        return
+    server_url = request.getfixturevalue("postgres_url")
+    with fresh_database(server_url) as url:
+        yield Settings(data_dir=data_dir, secret_key=secret_key, database_url=url)
+
+
+@pytest.fixture
+def settings(backend: Settings) -> Settings:
+    return backend
 
 
 @pytest.fixture

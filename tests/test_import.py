@@ -15,6 +15,8 @@ from crm_platform.records import RecordService
 from crm_platform.tenancy import Platform, TenantRuntime
 from tests.conftest import TELCO, make_member
 
+pytestmark = pytest.mark.both_backends
+
 TELCO_CSV = TELCO / "data" / "Telco-Customer-Churn.csv"
 
 
