@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from uuid6 import uuid7
+from uuid_utils import uuid7
 
 from .backends import lock_for_setup
 from .errors import NotFound, PlatformError, TenantError, Unauthorized

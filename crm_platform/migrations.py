@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 from alembic.migration import MigrationContext
@@ -54,10 +55,10 @@ class MigrationPlan:
         return not (self.new_tables or self.new_columns or self.new_indexes)
 
 
-def _family(type_: sa.types.TypeEngine[object]) -> str:
+def _family(type_: sa.types.TypeEngine[Any], dialect: sa.Dialect) -> str:
+    if isinstance(type_, sa.types.TypeDecorator):
+        type_ = type_.load_dialect_impl(dialect)
     name = type(type_).__name__.upper()
-    if hasattr(type_, "impl"):
-        name = type(type_.impl).__name__.upper()
     for key in _LONGEST_FIRST:
         if key in name:
             return _TYPE_FAMILIES[key]
@@ -99,8 +100,9 @@ def _plan_table(
         if column.name not in stored:
             plan.new_columns.append((table, column))
             continue
-        stored_family = _family(stored[column.name]["type"])
-        wanted_family = _family(column.type)
+        dialect = inspector.bind.dialect
+        stored_family = _family(stored[column.name]["type"], dialect)
+        wanted_family = _family(column.type, dialect)
         if stored_family != wanted_family:
             plan.unsafe.append(
                 f"field {column.name!r} of entity {entity!r} is stored as "

@@ -8,17 +8,18 @@ locking and (later) permissions and the change journal apply on every path.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import datetime as dt
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from marshmallow import ValidationError
 from sqlalchemy.dialects import postgresql, sqlite
-from uuid6 import uuid7
+from uuid_utils import uuid7
 
 from metadata_engine.messages import messages_for
 from metadata_engine.model import SYSTEM_COLUMNS, Entity, Field
@@ -68,7 +69,7 @@ class BatchResult:
     created: int = 0
     updated: int = 0
     unchanged: int = 0
-    errors: dict[int, dict[str, list[str]]] = field(default_factory=dict)
+    errors: dict[int, dict[str, list[str]]] = dataclasses.field(default_factory=dict)
 
 
 @dataclass
@@ -83,7 +84,9 @@ class RelatedList:
 class RecordService:
     """Reads and writes records of one tenant on behalf of one user."""
 
-    def __init__(self, runtime: TenantRuntime, actor: Actor, locale: str = "en") -> None:
+    def __init__(
+        self, runtime: TenantRuntime, actor: Actor, locale: str = "en"
+    ) -> None:
         self.runtime = runtime
         self.actor = actor
         self.locale = locale
@@ -137,9 +140,11 @@ class RecordService:
         self.runtime.entity(entity_name)
         table = self.runtime.tables[entity_name]
         with self.runtime.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(table).where(table.c.id == str(record_id))
-            ).mappings().first()
+            row = (
+                conn.execute(sa.select(table).where(table.c.id == str(record_id)))
+                .mappings()
+                .first()
+            )
         if row is None:
             raise NotFound(f"{entity_name} record {record_id!r} not found")
         return dict(row)
@@ -156,11 +161,13 @@ class RecordService:
             rows = conn.execute(
                 sa.select(table.c.id, title).where(table.c.id.in_(wanted))
             )
-            return {row[0]: str(row[1] if row[1] is not None else row[0])
-                    for row in rows}
+            return {
+                row[0]: str(row[1] if row[1] is not None else row[0]) for row in rows
+            }
 
-    def lookup_titles(self, entity_name: str, records: Iterable[Mapping[str, Any]]
-                      ) -> dict[str, dict[str, str]]:
+    def lookup_titles(
+        self, entity_name: str, records: Iterable[Mapping[str, Any]]
+    ) -> dict[str, dict[str, str]]:
         """Return, per lookup field, the titles of the records it points at."""
         entity = self.runtime.entity(entity_name)
         records = list(records)
@@ -172,8 +179,9 @@ class RecordService:
             )
         return result
 
-    def search_titles(self, entity_name: str, text: str, limit: int = 20
-                      ) -> builtins.list[tuple[str, str]]:
+    def search_titles(
+        self, entity_name: str, text: str, limit: int = 20
+    ) -> builtins.list[tuple[str, str]]:
         """Return (id, title) pairs for a lookup picker."""
         entity = self.runtime.entity(entity_name)
         table = self.runtime.tables[entity_name]
@@ -184,8 +192,9 @@ class RecordService:
         with self.runtime.engine.connect() as conn:
             return [(row[0], str(row[1] or row[0])) for row in conn.execute(statement)]
 
-    def related(self, entity_name: str, record_id: str, limit: int = 10
-                ) -> builtins.list[RelatedList]:
+    def related(
+        self, entity_name: str, record_id: str, limit: int = 10
+    ) -> builtins.list[RelatedList]:
         """Return the records of other entities whose lookups point here."""
         self.get(entity_name, record_id)
         lists = []
@@ -207,8 +216,11 @@ class RecordService:
         values.setdefault("id", str(uuid7()))
         values["owner_id"] = values.get("owner_id") or self.actor.user_id
         values.update(
-            created_at=now, updated_at=now, created_by=self.actor.user_id,
-            updated_by=self.actor.user_id, version=1,
+            created_at=now,
+            updated_at=now,
+            created_by=self.actor.user_id,
+            updated_by=self.actor.user_id,
+            version=1,
         )
         table = self.runtime.tables[entity_name]
         with self.runtime.engine.begin() as conn:
@@ -217,8 +229,9 @@ class RecordService:
                 if field.type == "auto_number":
                     values[field.name] = _next_number(conn, entity, field)
             self._execute_write(conn, entity, table.insert().values(**values))
-        log.info("created %s %s in tenant %s", entity_name, values["id"],
-                 self.runtime.slug)
+        log.info(
+            "created %s %s in tenant %s", entity_name, values["id"], self.runtime.slug
+        )
         return self.get(entity_name, values["id"])
 
     def update(
@@ -239,8 +252,11 @@ class RecordService:
                 details={"id": [self.messages["read_only"]]},
             )
         values.pop("id", None)
-        values.update(updated_at=dt.datetime.now(dt.UTC),
-                      updated_by=self.actor.user_id, version=table.c.version + 1)
+        values.update(
+            updated_at=dt.datetime.now(dt.UTC),
+            updated_by=self.actor.user_id,
+            version=table.c.version + 1,
+        )
         statement = table.update().where(table.c.id == record_id).values(**values)
         if expected_version is not None:
             statement = statement.where(table.c.version == expected_version)
@@ -248,8 +264,9 @@ class RecordService:
             self._check_lookups(conn, entity, values)
             result = self._execute_write(conn, entity, statement)
             if result.rowcount == 0:
-                self._raise_missing_or_stale(conn, entity_name, record_id,
-                                             expected_version)
+                self._raise_missing_or_stale(
+                    conn, entity_name, record_id, expected_version
+                )
         return self.get(entity_name, record_id)
 
     def delete(
@@ -265,10 +282,12 @@ class RecordService:
                 statement = statement.where(table.c.version == expected_version)
             result = conn.execute(statement)
             if result.rowcount == 0:
-                self._raise_missing_or_stale(conn, entity_name, record_id,
-                                             expected_version)
-        log.info("deleted %s %s in tenant %s", entity_name, record_id,
-                 self.runtime.slug)
+                self._raise_missing_or_stale(
+                    conn, entity_name, record_id, expected_version
+                )
+        log.info(
+            "deleted %s %s in tenant %s", entity_name, record_id, self.runtime.slug
+        )
 
     def import_batch(
         self,
@@ -312,14 +331,17 @@ class RecordService:
         result: BatchResult,
     ) -> IndexedRows:
         for field in entity.lookups:
-            wanted = {values[field.name] for _, values in loaded
-                      if values.get(field.name)}
+            wanted = {
+                values[field.name] for _, values in loaded if values.get(field.name)
+            }
             if not wanted or not field.target:
                 continue
             target = self.runtime.tables[field.target]
-            found = set(conn.execute(
-                sa.select(target.c.id).where(target.c.id.in_(wanted))
-            ).scalars())
+            found = set(
+                conn.execute(
+                    sa.select(target.c.id).where(target.c.id.in_(wanted))
+                ).scalars()
+            )
             kept = []
             for index, values in loaded:
                 target_id = values.get(field.name)
@@ -375,13 +397,20 @@ class RecordService:
                 seen.add(key_value)
             stored = existing.get(key_value) if key_value is not None else None
             if stored is not None:
-                changed = {name: value for name, value in values.items()
-                           if name != "id" and stored.get(name) != value}
+                changed = {
+                    name: value
+                    for name, value in values.items()
+                    if name != "id" and stored.get(name) != value
+                }
                 if not changed:
                     result.unchanged += 1
                     continue
-                changed.update(updated_at=now, updated_by=self.actor.user_id,
-                               _id=stored["id"], _version=stored["version"] + 1)
+                changed.update(
+                    updated_at=now,
+                    updated_by=self.actor.user_id,
+                    _id=stored["id"],
+                    _version=stored["version"] + 1,
+                )
                 updates.append((index, changed))
                 continue
             for field in entity.fields:
@@ -389,9 +418,13 @@ class RecordService:
                     values[field.name] = _default_value(field)
             values.setdefault("id", str(uuid7()))
             values["owner_id"] = values.get("owner_id") or self.actor.user_id
-            values.update(created_at=now, updated_at=now,
-                          created_by=self.actor.user_id,
-                          updated_by=self.actor.user_id, version=1)
+            values.update(
+                created_at=now,
+                updated_at=now,
+                created_by=self.actor.user_id,
+                updated_by=self.actor.user_id,
+                version=1,
+            )
             inserts.append((index, values))
         return inserts, updates
 
@@ -412,28 +445,38 @@ class RecordService:
                 for (_, values), number in zip(inserts, numbers, strict=True):
                     values[field.name] = number
         columns = [column.name for column in table.columns]
-        insert_rows = [{name: values.get(name) for name in columns}
-                       for _, values in inserts]
+        insert_rows = [
+            {name: values.get(name) for name in columns} for _, values in inserts
+        ]
         try:
             with conn.begin_nested():
                 if insert_rows:
                     conn.execute(table.insert(), insert_rows)
                 for group in _group_by_columns(updates):
-                    conn.execute(_update_statement(table, group[0][1]),
-                                 [_update_parameters(values) for _, values in group])
+                    conn.execute(
+                        _update_statement(table, group[0][1]),
+                        [_update_parameters(values) for _, values in group],
+                    )
             result.created += len(inserts)
             result.updated += len(updates)
             return
         except sa.exc.IntegrityError:
-            log.info("batch of %s hit a constraint; retrying row by row",
-                     entity.name)
+            log.info("batch of %s hit a constraint; retrying row by row", entity.name)
         for (index, _), row in zip(inserts, insert_rows, strict=True):
-            self._write_one(conn, entity, table.insert().values(**row), index,
-                            result, created=True)
+            self._write_one(
+                conn, entity, table.insert().values(**row), index, result, created=True
+            )
         for index, values in updates:
             statement = _update_statement(table, values)
-            self._write_one(conn, entity, statement, index, result, created=False,
-                            parameters=_update_parameters(values))
+            self._write_one(
+                conn,
+                entity,
+                statement,
+                index,
+                result,
+                created=False,
+                parameters=_update_parameters(values),
+            )
 
     def _write_one(
         self,
@@ -452,9 +495,12 @@ class RecordService:
                 else:
                     conn.execute(statement, dict(parameters))
         except sa.exc.IntegrityError as err:
-            fields = _unique_fields(entity, err) or ["_schema"]
-            message = self.messages["unique"] if fields != ["_schema"] else str(
-                err.orig)
+            fields = _unique_fields(self.runtime.tables[entity.name], err) or [
+                "_schema"
+            ]
+            message = (
+                self.messages["unique"] if fields != ["_schema"] else str(err.orig)
+            )
             result.errors[index] = {name: [message] for name in fields}
             return
         if created:
@@ -476,12 +522,8 @@ class RecordService:
         clean: dict[str, Any] = {}
         for key, value in data.items():
             if isinstance(value, str) and len(value) > MAX_VALUE_LENGTH:
-                errors[key] = [
-                    self.messages["max_length"].format(max=MAX_VALUE_LENGTH)
-                ]
-            elif key in SYSTEM_COLUMNS and key not in WRITABLE_SYSTEM_COLUMNS:
-                errors[key] = [self.messages["read_only"]]
-            elif entity.has_field(key) and not entity.field(key).writable:
+                errors[key] = [self.messages["max_length"].format(max=MAX_VALUE_LENGTH)]
+            elif _is_read_only(entity, key):
                 errors[key] = [self.messages["read_only"]]
             else:
                 clean[key] = value
@@ -513,12 +555,14 @@ class RecordService:
             if found is None:
                 label = self.runtime.entity(field.target).label.get(self.locale)
                 errors[field.name] = [
-                    self.messages["lookup_missing"].format(entity=label,
-                                                           input=target_id)
+                    self.messages["lookup_missing"].format(
+                        entity=label, input=target_id
+                    )
                 ]
         if errors:
-            raise RecordInvalid(f"invalid {entity.name}: check "
-                                f"{', '.join(sorted(errors))}", errors)
+            raise RecordInvalid(
+                f"invalid {entity.name}: check {', '.join(sorted(errors))}", errors
+            )
 
     def _check_not_referenced(
         self, conn: sa.Connection, entity_name: str, record_id: str
@@ -538,8 +582,7 @@ class RecordService:
                     f"cannot delete {entity_name} {record_id!r}: {count} {label} "
                     f"refer to it through {field.name!r}; delete them or point "
                     "them at another record first",
-                    details={"entity": other.name, "field": field.name,
-                             "count": count},
+                    details={"entity": other.name, "field": field.name, "count": count},
                 )
 
     def _execute_write(
@@ -549,19 +592,22 @@ class RecordService:
             with conn.begin_nested():
                 return conn.execute(statement)
         except sa.exc.IntegrityError as err:
-            fields = _unique_fields(entity, err)
+            fields = _unique_fields(self.runtime.tables[entity.name], err)
             if fields:
                 message = self.messages["unique"]
                 raise Conflict(
-                    f"another {entity.name} already has this "
-                    f"{', '.join(fields)}",
+                    f"another {entity.name} already has this {', '.join(fields)}",
                     details={name: [message] for name in fields},
                 ) from err
-            raise Conflict(f"the {entity.name} record conflicts with stored data: "
-                           f"{err.orig}") from err
+            raise Conflict(
+                f"the {entity.name} record conflicts with stored data: {err.orig}"
+            ) from err
 
     def _raise_missing_or_stale(
-        self, conn: sa.Connection, entity_name: str, record_id: str,
+        self,
+        conn: sa.Connection,
+        entity_name: str,
+        record_id: str,
         expected_version: int | None,
     ) -> None:
         table = self.runtime.tables[entity_name]
@@ -575,6 +621,12 @@ class RecordService:
             f"{expected_version}: reload it and apply your change again",
             details={"current_version": current},
         )
+
+
+def _is_read_only(entity: Entity, key: str) -> bool:
+    if key in SYSTEM_COLUMNS:
+        return key not in WRITABLE_SYSTEM_COLUMNS
+    return entity.has_field(key) and not entity.field(key).writable
 
 
 def _eq(name: str, value: Any) -> Any:
@@ -630,12 +682,14 @@ def _reserve_numbers(
     )
     last = conn.execute(statement).scalar_one()
     digits = field.digits or 5
-    return [f"{field.prefix or ''}{number:0{digits}d}"
-            for number in range(last - count + 1, last + 1)]
+    return [
+        f"{field.prefix or ''}{number:0{digits}d}"
+        for number in range(last - count + 1, last + 1)
+    ]
 
 
 def _group_by_columns(
-    updates: list[tuple[int, dict[str, Any]]]
+    updates: list[tuple[int, dict[str, Any]]],
 ) -> list[list[tuple[int, dict[str, Any]]]]:
     """Group updates that change the same columns, for executemany."""
     groups: dict[tuple[str, ...], list[tuple[int, dict[str, Any]]]] = {}
@@ -654,8 +708,10 @@ def _update_statement(table: sa.Table, values: Mapping[str, Any]) -> Any:
 
 def _update_parameters(values: Mapping[str, Any]) -> dict[str, Any]:
     """Rename update values to the bind parameters of ``_update_statement``."""
-    return {name if name.startswith("_") else f"v_{name}": value
-            for name, value in values.items()}
+    return {
+        name if name.startswith("_") else f"v_{name}": value
+        for name, value in values.items()
+    }
 
 
 def _flatten(messages: Any) -> dict[str, list[str]]:
@@ -677,14 +733,23 @@ def _as_list(value: Any) -> list[str]:
     return [str(value)]
 
 
-def _unique_fields(entity: Entity, err: sa.exc.IntegrityError) -> list[str]:
-    """Return the fields named by a unique violation, on SQLite or PostgreSQL."""
-    text = str(err.orig)
-    match = _UNIQUE_SQLITE.search(text)
+def _unique_fields(table: sa.Table, err: sa.exc.IntegrityError) -> list[str]:
+    """Return the columns of the unique constraint a write violated.
+
+    SQLite names the columns in its message; PostgreSQL names the
+    constraint, which is looked up among the table's constraints and indexes.
+    """
+    match = _UNIQUE_SQLITE.search(str(err.orig))
     if match:
         return [part.split(".")[-1] for part in match.group(1).split(", ")]
     diag = getattr(err.orig, "diag", None)
-    constraint = getattr(diag, "constraint_name", None)
-    if constraint:
-        return [name for name in entity.field_names if name in constraint]
+    name = getattr(diag, "constraint_name", None)
+    if not name:
+        return []
+    for constraint in table.constraints:
+        if isinstance(constraint, sa.UniqueConstraint) and constraint.name == name:
+            return [column.name for column in constraint.columns]
+    for index in table.indexes:
+        if index.name == name:
+            return [column.name for column in index.columns]
     return []

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from marshmallow import ValidationError, fields, validate
 
 from .model import Field
-from .sqltypes import JSONList, UTCDateTime
+from .sqltypes import ExactDecimal, JSONList, UTCDateTime
 
 Messages = Mapping[str, str]
 
@@ -199,10 +199,8 @@ class DecimalType(FieldType):
     operators = ORDERED_OPERATORS
 
     def column_type(self, field: Field) -> sa.types.TypeEngine[Any]:
-        return sa.Numeric(
-            field.precision or 18,
-            field.scale if field.scale is not None else 2,
-            asdecimal=True,
+        return ExactDecimal(
+            field.precision or 18, field.scale if field.scale is not None else 2
         )
 
     def schema_field(self, field: Field, messages: Messages) -> fields.Field:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import json
 from typing import Any
 
@@ -62,3 +63,46 @@ class JSONList(sa.types.TypeDecorator[list[str]]):
             return None
         result: list[str] = json.loads(value)
         return result
+
+
+#: Largest precision whose scaled value fits SQLite's 64-bit integers.
+SQLITE_EXACT_PRECISION = 18
+
+
+class ExactDecimal(sa.types.TypeDecorator[decimal.Decimal]):
+    """NUMERIC(precision, scale) that stays exact on SQLite too.
+
+    SQLite keeps NUMERIC values as 8-byte floats, exact to about 15
+    significant digits. For a precision of up to 18 this type stores the
+    value times 10**scale as a 64-bit integer there, so sums, comparisons and
+    sorting still work on the stored number. PostgreSQL gets a real NUMERIC.
+    """
+
+    impl = sa.Numeric
+    cache_ok = True
+
+    def __init__(self, precision: int, scale: int) -> None:
+        super().__init__(precision=precision, scale=scale, asdecimal=True)
+        self.precision = precision
+        self.scale = scale
+
+    def _scaled(self, dialect: Dialect) -> bool:
+        return dialect.name == "sqlite" and self.precision <= SQLITE_EXACT_PRECISION
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if self._scaled(dialect):
+            return dialect.type_descriptor(sa.BigInteger())
+        return dialect.type_descriptor(sa.Numeric(self.precision, self.scale))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None or not self._scaled(dialect):
+            return value
+        number = decimal.Decimal(value).scaleb(self.scale)
+        return int(number.to_integral_value(rounding=decimal.ROUND_HALF_EVEN))
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if self._scaled(dialect):
+            return decimal.Decimal(int(value)).scaleb(-self.scale)
+        return decimal.Decimal(value).quantize(decimal.Decimal(1).scaleb(-self.scale))

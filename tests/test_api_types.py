@@ -124,11 +124,6 @@ def test_decimal_keeps_scale(client: FlaskClient, types_auth: Headers) -> None:
     assert response.json["data"]["price"] == "7.00"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SQLite stores NUMERIC(18, 2) values as 8-byte floats, which keep "
-    "about 15 significant digits",
-)
 def test_eighteen_digit_decimal_is_exact(
     client: FlaskClient, types_auth: Headers
 ) -> None:

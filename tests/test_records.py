@@ -211,14 +211,8 @@ def test_decimal_exact(records: RecordService) -> None:
 
 
 def test_decimal_exact_at_full_precision(
-    request: pytest.FixtureRequest, platform: Platform, records: RecordService
+    records: RecordService
 ) -> None:
-    if platform.backend.name == "sqlite":
-        request.applymarker(pytest.mark.xfail(
-            strict=True,
-            reason="SQLite stores NUMERIC as a 64-bit float, exact to about 15 "
-            "significant digits, not the 18 of a currency field",
-        ))
     created = records.create("account", {
         "name": "Big", "annual_revenue": "9999999999999999.99",
     })
