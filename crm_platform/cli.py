@@ -31,8 +31,8 @@ data_dir_option = click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     envvar="METACRM_DATA_DIR",
-    help="Directory for the control database and tenant databases "
-    "[env: METACRM_DATA_DIR; default: ./metacrm-data].",
+    help="Directory for the secret key and, unless METACRM_DATABASE_URL is "
+    "set, the SQLite databases [env: METACRM_DATA_DIR; default: ./metacrm-data].",
 )
 
 
