@@ -38,8 +38,8 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from metadata_engine.messages import normalize_locale
 
-from .context import error_body
 from .auth import actor_from_bearer, load_tenant, record_service
+from .context import error_body
 from .control import Actor
 from .errors import BadQuery, NotFound, PlatformError, RecordInvalid
 from .openapi import build_openapi

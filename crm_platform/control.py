@@ -28,7 +28,7 @@ ROLES = ("admin", "sales_manager", "sales_rep", "service_agent", "read_only")
 SLUG_PATTERN = re.compile(r"^[a-z][a-z0-9-]{1,39}$")
 EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MIN_PASSWORD_LENGTH = 10
-TOKEN_PREFIX = "mcrm_"
+BEARER_PREFIX = "mcrm_"
 
 metadata = sa.MetaData()
 
@@ -367,7 +367,7 @@ class ControlPlane:
             raise PlatformError(
                 f"user {user_id!r} is not a member of tenant {tenant.slug!r}"
             )
-        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        token = BEARER_PREFIX + secrets.token_urlsafe(32)
         now = utcnow()
         with self.engine.begin() as conn:
             conn.execute(

@@ -86,7 +86,8 @@ class Platform:
         if tenant is None or tenant.metadata_hash is None:
             raise NotFound(f"tenant {slug!r} not found")
         cached = self._runtimes.get(slug)
-        if cached is not None and cached.definition.content_hash == tenant.metadata_hash:
+        current = tenant.metadata_hash
+        if cached is not None and cached.definition.content_hash == current:
             cached.tenant = tenant
             return cached
         with self._lock:

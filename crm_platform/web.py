@@ -30,11 +30,11 @@ from werkzeug.exceptions import HTTPException
 
 from metadata_engine.fieldtypes import TRUE_WORDS
 from metadata_engine.model import Entity, Field
-from renderers import forms, i18n, listing
+from renderers import charts, forms, i18n, listing
 from renderers.listing import LookupChoices
 
-from .context import get_platform
 from .auth import actor_from_session, load_tenant, record_service, sign_in, sign_out
+from .context import get_platform
 from .control import Actor
 from .errors import (
     BadQuery,
@@ -278,6 +278,7 @@ def record_list(tenant: str, entity: str) -> ResponseReturnValue:
     total = page.total or 0
     return render_template(
         "crm/list.html",
+        breakdowns=breakdowns(service, metadata, state.query, state.view.columns),
         entity=metadata,
         state=state,
         records=page.records,
@@ -287,6 +288,24 @@ def record_list(tenant: str, entity: str) -> ResponseReturnValue:
         page_links=state.page_links(request.path, total),
         view_links=listing.view_links(metadata, request.path, state.view, g.locale),
     )
+
+
+def breakdowns(
+    service: RecordService, entity: Entity, query: ListQuery, columns: Sequence[str]
+) -> list[charts.BarChart]:
+    """Chart the records of the current filters by the view's first picklist
+    or boolean columns."""
+    fields = [entity.field(name) for name in columns if entity.has_field(name)]
+    words: dict[object, str] = {
+        None: gettext("(empty)"), True: gettext("Yes"), False: gettext("No")
+    }
+    return [
+        charts.bar_chart(
+            field, service.group_counts(entity.name, query, field.name), g.locale,
+            words,
+        )
+        for field in charts.chart_fields(fields)
+    ]
 
 
 def lookup_filter_choices(

@@ -172,8 +172,7 @@ class IntegerType(FieldType):
         return sa.BigInteger()
 
     def schema_field(self, field: Field, messages: Messages) -> fields.Field:
-        return fields.Integer(
-            strict=True,
+        return WholeNumber(
             validate=range_validators(field, messages, -(2**63), 2**63 - 1),
             error_messages={
                 **base_errors(messages),
@@ -384,6 +383,31 @@ class AutoNumberType(FieldType):
 
     def column_type(self, field: Field) -> sa.types.TypeEngine[Any]:
         return sa.String(64)
+
+
+class WholeNumber(fields.Integer):
+    """An integer that also accepts integral text such as ``"42"`` (HTML forms
+    send text), but rejects fractions instead of truncating them."""
+
+    def _validated(self, value: Any) -> int:
+        if isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        if isinstance(value, str):
+            try:
+                value = decimal.Decimal(value.strip())
+            except decimal.InvalidOperation:
+                raise self.make_error("invalid", input=value) from None
+        if isinstance(value, float):
+            value = decimal.Decimal(value) if value == value else None
+        if isinstance(value, decimal.Decimal) or value is None:
+            if value is None or not _is_whole(value):
+                raise self.make_error("invalid", input=value)
+            value = int(value)
+        return super()._validated(value)
+
+
+def _is_whole(value: decimal.Decimal) -> bool:
+    return value.is_finite() and value == value.to_integral_value()
 
 
 class DigitsValidator(validate.Validator):
