@@ -1,0 +1,239 @@
+"""Run the benchmarks and print one table: MetaCRM, baseline, ratio, target.
+
+``python -m benchmarks`` runs all three at full size, which took under 2
+minutes on the 2-core machine of docs/benchmarks.md, including about half a
+minute to generate the list database the first time. ``python -m benchmarks
+--quick`` is a smoke run with small sizes. Sizes come from the options
+below, whose defaults can be set with the environment variables named in
+``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import faulthandler
+import json
+import logging
+import os
+import platform
+import sqlite3
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+
+from .common import Result, log
+
+BENCHMARKS = ("api", "list", "import")
+PACKAGES = ("SQLAlchemy", "Flask", "marshmallow", "waitress", "Werkzeug")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    api_requests: int
+    api_rounds: int
+    list_rows: int
+    list_pages: int
+    list_rounds: int
+    import_rows: int
+    import_rounds: int
+
+
+QUICK = Sizes(api_requests=300, api_rounds=3, list_rows=20_000, list_pages=50,
+              list_rounds=3, import_rows=5_000, import_rounds=2)
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw.replace("_", ""))
+    except ValueError:
+        raise SystemExit(f"invalid {name}={raw!r}: use a whole number") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Time MetaCRM against hand-written SQLAlchemy code.",
+    )
+    parser.add_argument("--only", action="append", choices=BENCHMARKS,
+                        help="Run only this benchmark; repeat for several "
+                        "[default: all].")
+    parser.add_argument("--quick", action="store_true",
+                        help="Smoke run with small sizes; overrides every size "
+                        "option.")
+    sizes = (
+        ("--api-requests", "BENCH_API_REQUESTS", 3000,
+         "POST requests per side, split over the rounds"),
+        ("--api-rounds", "BENCH_API_ROUNDS", 10, "timed API rounds per side"),
+        ("--list-rows", "BENCH_LIST_ROWS", 1_000_000,
+         "opportunities in the list benchmark's table"),
+        ("--list-pages", "BENCH_LIST_PAGES", 200, "list pages fetched per round"),
+        ("--list-rounds", "BENCH_LIST_ROUNDS", 7, "timed list rounds per side"),
+        ("--import-rows", "BENCH_IMPORT_ROWS", 50_000, "rows of the imported CSV"),
+        ("--import-rounds", "BENCH_IMPORT_ROUNDS", 5,
+         "timed imports per side"),
+    )
+    for option, variable, default, text in sizes:
+        parser.add_argument(option, type=int, default=_env_int(variable, default),
+                            help=f"Number of {text} [env: {variable}; default: "
+                            f"{default:,}].")
+    parser.add_argument("--timeout", type=int, default=1800, metavar="SECONDS",
+                        help="Print every thread's stack and exit with status 1 "
+                        "if the whole run takes longer [default: 1800].")
+    parser.add_argument("--json", type=Path, metavar="PATH",
+                        help="Also write the results and machine facts to PATH.")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="Log progress at INFO level to stderr.")
+    return parser
+
+
+def machine_facts() -> dict[str, str]:
+    """Describe the machine and the software versions the numbers depend on."""
+    facts = {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpus": str(os.cpu_count()),
+        "cpu": _cpu_model(),
+        "memory": _memory_total(),
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "load average at start": _load_average(),
+    }
+    for package in PACKAGES:
+        facts[package] = metadata.version(package)
+    return facts
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _memory_total() -> str:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                kibibytes = int(line.split()[1])
+                return f"{kibibytes / 1024 / 1024:.1f} GiB"
+    except (OSError, ValueError):
+        pass
+    return "unknown"
+
+
+def _load_average() -> str:
+    try:
+        return " ".join(f"{value:.2f}" for value in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def format_table(results: list[Result]) -> str:
+    """Return the results as a Markdown table."""
+    lines = [
+        "| benchmark | unit | MetaCRM | baseline | ratio | target | result |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for result in results:
+        number = "{:,.0f}" if result.unit == "rows/s" else "{:.3f}"
+        lines.append(
+            f"| {result.name} | {result.unit} | {number.format(result.metacrm)} | "
+            f"{number.format(result.baseline)} | {result.ratio:.2f}× | "
+            f"{result.target_text} | {'met' if result.met else 'missed'} |"
+        )
+    return "\n".join(lines)
+
+
+def _benchmarks(sizes: Sizes) -> dict[str, Callable[[], list[Result]]]:
+    from . import bench_api_create, bench_import, bench_list
+
+    return {
+        "api": lambda: bench_api_create.run(sizes.api_requests, sizes.api_rounds),
+        "list": lambda: bench_list.run(sizes.list_rows, sizes.list_rounds,
+                                       sizes.list_pages),
+        "import": lambda: bench_import.run(sizes.import_rows, sizes.import_rounds),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the chosen benchmarks; return 1 if any of them failed to run."""
+    options = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if options.verbose:
+        log.setLevel(logging.INFO)
+    # A watchdog, so that a hanging server or query cannot keep the run going
+    # forever. It prints where each thread is and exits with status 1.
+    faulthandler.dump_traceback_later(options.timeout, exit=True)
+
+    sizes = QUICK if options.quick else Sizes(
+        options.api_requests, options.api_rounds, options.list_rows,
+        options.list_pages, options.list_rounds, options.import_rows,
+        options.import_rounds,
+    )
+    facts = machine_facts()
+    for key, value in facts.items():
+        print(f"{key}: {value}")
+    print(f"sizes: {asdict(sizes)}")
+
+    results, failed = _run_all(options.only or list(BENCHMARKS), sizes)
+    facts["load average at end"] = _load_average()
+    print(f"\nload average at end: {facts['load average at end']}\n")
+    print(format_table(results))
+    faulthandler.cancel_dump_traceback_later()
+
+    if options.json:
+        _write_json(options.json, facts, sizes, results)
+    if failed:
+        print(f"\nfailed to run: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_all(names: list[str], sizes: Sizes) -> tuple[list[Result], list[str]]:
+    """Run the named benchmarks and print their details; return the results
+    and the names of the benchmarks that raised."""
+    results: list[Result] = []
+    failed: list[str] = []
+    runners = _benchmarks(sizes)
+    for name in names:
+        started = time.perf_counter()
+        try:
+            found = runners[name]()
+        except Exception:
+            log.exception("benchmark %s failed", name)
+            failed.append(name)
+            continue
+        print(f"\n{name} ({time.perf_counter() - started:.0f} s)")
+        for result in found:
+            print(f"  {result.name}")
+            for line in result.details:
+                print(f"    {line}")
+        results.extend(found)
+    return results, failed
+
+
+def _write_json(
+    path: Path, facts: dict[str, str], sizes: Sizes, results: list[Result]
+) -> None:
+    document = {
+        "machine": facts,
+        "sizes": asdict(sizes),
+        "results": [
+            {**asdict(result), "ratio": result.ratio, "met": result.met}
+            for result in results
+        ],
+    }
+    path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n",
+                    encoding="utf-8")
