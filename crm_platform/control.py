@@ -82,6 +82,32 @@ api_tokens = sa.Table(
 )
 
 
+#: The member a token belongs to, built once: it runs on every API request.
+_TOKEN_QUERY = (
+    sa.select(users.c.id, users.c.email, users.c.name, users.c.locale,
+              memberships.c.role)
+    .select_from(api_tokens)
+    .join(users, users.c.id == api_tokens.c.user_id)
+    .join(
+        memberships,
+        sa.and_(
+            memberships.c.user_id == users.c.id,
+            memberships.c.tenant_id == api_tokens.c.tenant_id,
+        ),
+    )
+    .where(
+        api_tokens.c.token_hash == sa.bindparam("token_hash"),
+        api_tokens.c.tenant_id == sa.bindparam("tenant_id"),
+        api_tokens.c.revoked_at.is_(None),
+        sa.or_(
+            api_tokens.c.expires_at.is_(None),
+            api_tokens.c.expires_at > sa.bindparam("now", type_=sa.DateTime()),
+        ),
+        users.c.is_active.is_(True),
+    )
+)
+
+
 @dataclass(frozen=True)
 class Tenant:
     id: str
@@ -385,30 +411,13 @@ class ControlPlane:
 
     def actor_for_token(self, tenant: Tenant, token: str) -> Actor | None:
         """Return the token's user if the token is valid for ``tenant``."""
-        now = utcnow()
-        query = (
-            sa.select(users.c.id, users.c.email, users.c.name, users.c.locale,
-                      memberships.c.role)
-            .select_from(api_tokens)
-            .join(users, users.c.id == api_tokens.c.user_id)
-            .join(
-                memberships,
-                sa.and_(
-                    memberships.c.user_id == users.c.id,
-                    memberships.c.tenant_id == api_tokens.c.tenant_id,
-                ),
-            )
-            .where(
-                api_tokens.c.token_hash == hash_token(token),
-                api_tokens.c.tenant_id == tenant.id,
-                api_tokens.c.revoked_at.is_(None),
-                sa.or_(api_tokens.c.expires_at.is_(None),
-                       api_tokens.c.expires_at > now),
-                users.c.is_active.is_(True),
-            )
-        )
+        parameters = {
+            "token_hash": hash_token(token),
+            "tenant_id": tenant.id,
+            "now": utcnow(),
+        }
         with self.engine.connect() as conn:
-            row = conn.execute(query).mappings().first()
+            row = conn.execute(_TOKEN_QUERY, parameters).mappings().first()
         if row is None:
             return None
         return Actor(

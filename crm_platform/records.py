@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import datetime as dt
+import decimal
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -251,7 +252,7 @@ class RecordService:
         log.info(
             "created %s %s in tenant %s", entity_name, values["id"], self.runtime.slug
         )
-        return self.get(entity_name, values["id"])
+        return _as_stored(table, entity, values)
 
     def update(
         self,
@@ -607,9 +608,10 @@ class RecordService:
     def _execute_write(
         self, conn: sa.Connection, entity: Entity, statement: Any
     ) -> sa.CursorResult[Any]:
+        # No savepoint: a failed write ends the whole transaction anyway,
+        # because the error is raised to the caller.
         try:
-            with conn.begin_nested():
-                return conn.execute(statement)
+            return conn.execute(statement)
         except sa.exc.IntegrityError as err:
             fields = _unique_fields(self.runtime.tables[entity.name], err)
             if fields:
@@ -642,6 +644,26 @@ class RecordService:
         )
 
 
+def _as_stored(
+    table: sa.Table, entity: Entity, values: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Return the record as reading it back would, without the extra query:
+    every column present, decimals at their scale, multi-picklists sorted."""
+    record = {column.name: values.get(column.name) for column in table.columns}
+    for field in entity.fields:
+        value = record[field.name]
+        if value is None:
+            continue
+        if field.type in {"decimal", "currency", "percent"}:
+            scale = field.scale if field.scale is not None else 2
+            record[field.name] = decimal.Decimal(value).quantize(
+                decimal.Decimal(1).scaleb(-scale)
+            )
+        elif field.type == "multi_picklist":
+            record[field.name] = sorted(set(value))
+    return record
+
+
 def _is_read_only(entity: Entity, key: str) -> bool:
     if key in SYSTEM_COLUMNS:
         return key not in WRITABLE_SYSTEM_COLUMNS
@@ -656,8 +678,6 @@ def _eq(name: str, value: Any) -> Any:
 
 def _default_value(field: Field) -> Any:
     if field.type in {"decimal", "currency", "percent"}:
-        import decimal
-
         return decimal.Decimal(str(field.default))
     if field.type == "date" and isinstance(field.default, str):
         return dt.date.fromisoformat(field.default)
