@@ -72,4 +72,4 @@ def record_service(locale: str | None = None) -> RecordService:
     """Return the record service for the current tenant and user."""
     actor: Actor = g.actor
     chosen = normalize_locale(locale or g.get("locale") or actor.locale)
-    return RecordService(g.runtime, actor, chosen)
+    return get_platform().records(g.runtime, actor, chosen)

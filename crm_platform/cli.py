@@ -178,6 +178,12 @@ def system_actor(platform: Platform, slug: str, email: str | None) -> Actor:
 )
 @click.option("--dry-run", is_flag=True, help="Validate and count; write nothing.")
 @click.option(
+    "--keep-existing",
+    is_flag=True,
+    help="With a key, leave records that already exist as they are instead of "
+    "updating them from the file.",
+)
+@click.option(
     "--encoding", default="utf-8", show_default=True, help="Text encoding of FILE."
 )
 @click.option(
@@ -198,6 +204,7 @@ def import_command(
     mapping: Path | None,
     key: str | None,
     dry_run: bool,
+    keep_existing: bool,
     encoding: str,
     rejects: Path | None,
     as_email: str | None,
@@ -209,7 +216,16 @@ def import_command(
     _, platform = open_platform(data_dir)
     report = run_safely(
         lambda: _import(
-            platform, slug, entity, file, mapping, key, dry_run, encoding, as_email
+            platform,
+            slug,
+            entity,
+            file,
+            mapping,
+            key,
+            dry_run,
+            encoding,
+            as_email,
+            keep_existing,
         )
     )
     click.echo(report.summary())
@@ -236,16 +252,14 @@ def _import(
     dry_run: bool,
     encoding: str,
     as_email: str | None,
+    keep_existing: bool,
 ) -> Any:
     from .importer import ColumnMapping, import_csv
-    from .records import RecordService
 
     runtime = platform.runtime(slug)
     actor = system_actor(platform, slug, as_email)
-    service = RecordService(runtime, actor, "en")
+    service = platform.records(runtime, actor, "en")
     mapping = ColumnMapping.from_file(mapping_path) if mapping_path else None
-    if mapping is not None and key:
-        mapping.key = key
     total = sum(1 for _ in file.open("rb")) - 1
     with tqdm(
         total=max(total, 0),
@@ -266,9 +280,9 @@ def _import(
             dry_run=dry_run,
             encoding=encoding,
             progress=progress,
+            keep_existing=keep_existing,
+            key=key,
         )
-    if mapping is None and key:
-        log.warning("--key is used only with --mapping")
     return report
 
 
@@ -300,13 +314,12 @@ def export(
 ) -> None:
     """Export every record of ENTITY of tenant SLUG as CSV or JSON."""
     from .exporter import export as export_records
-    from .records import RecordService
 
     _, platform = open_platform(data_dir)
 
     def action() -> int:
         runtime = platform.runtime(slug)
-        service = RecordService(runtime, system_actor(platform, slug, as_email))
+        service = platform.records(runtime, system_actor(platform, slug, as_email))
         handle = (
             output.open("w", newline="", encoding="utf-8") if output else sys.stdout
         )
@@ -361,21 +374,27 @@ def user_create(
     locale: str,
     data_dir: Path | None,
 ) -> None:
-    """Create user EMAIL (or reuse an existing one) as a member of SLUG."""
+    """Create user EMAIL as a member of SLUG, or add an existing user of
+    another tenant, who keeps their password."""
     _, platform = open_platform(data_dir)
+    existing = platform.control.find_user_id(email)
     password = None
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
-    elif sys.stdin.isatty():
+    elif sys.stdin.isatty() and existing is None:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if existing is not None and password:
+        fail(
+            f"user {email!r} already exists and signs in to other tenants with "
+            "their own password; run the command again without --password-stdin "
+            "to add them to this tenant"
+        )
 
     def action() -> str:
         tenant_row = platform.control.get_tenant(slug)
-        user_id = platform.control.find_user_id(email)
-        if user_id is None:
-            user_id = platform.control.create_user(email, password, name, locale)
-        elif password:
-            platform.control.set_password(user_id, password)
+        user_id = existing or platform.control.create_user(
+            email, password, name, locale
+        )
         platform.control.add_member(tenant_row, user_id, role)
         return user_id
 
@@ -410,8 +429,11 @@ def token_create(
     def action() -> str:
         tenant_row = platform.control.get_tenant(slug)
         user_id = platform.control.find_user_id(email)
-        if user_id is None:
-            fail(f"no user {email!r}; create one with 'metacrm user create'")
+        if user_id is None or platform.control.actor(tenant_row, user_id) is None:
+            fail(
+                f"{email!r} is not a member of tenant {slug!r}; add them with "
+                f"'metacrm user create {slug} {email} --role ROLE'"
+            )
         expires = dt.timedelta(days=expires_days) if expires_days else None
         return platform.control.create_token(tenant_row, str(user_id), name, expires)
 
@@ -420,7 +442,7 @@ def token_create(
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option(
     "--threads",
     default=8,
@@ -443,13 +465,25 @@ def _serve(
     from .app import create_app
 
     app = create_app(settings, platform)
+    try:
+        server = waitress.create_server(
+            app, host=host, port=port, threads=threads, ident="MetaCRM"
+        )
+    except (OSError, ValueError) as err:
+        fail(
+            f"cannot listen on {host}:{port}: {err}; stop the other server or "
+            "pass another --port"
+        )
     click.echo(f"serving on http://{host}:{port}/ (Ctrl+C to stop)")
-    waitress.serve(app, host=host, port=port, threads=threads, ident="MetaCRM")
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        click.echo("stopped")
 
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--no-serve", is_flag=True, help="Set up the demo and exit.")
 @data_dir_option
 def demo(host: str, port: int, no_serve: bool, data_dir: Path | None) -> None:

@@ -342,18 +342,6 @@ class ControlPlane:
             user_id = conn.execute(query).scalar()
         return self.actor(tenant, user_id) if user_id else None
 
-    def revoke_tokens_named(self, tenant: Tenant, user_id: str, name: str) -> int:
-        with self.engine.begin() as conn:
-            result = conn.execute(
-                api_tokens.update()
-                .where(api_tokens.c.tenant_id == tenant.id,
-                       api_tokens.c.user_id == user_id,
-                       api_tokens.c.name == name,
-                       api_tokens.c.revoked_at.is_(None))
-                .values(revoked_at=utcnow())
-            )
-        return result.rowcount
-
     def authenticate(self, tenant: Tenant, email: str, password: str) -> Actor:
         """Return the member with these credentials or raise ``Unauthorized``.
 

@@ -30,6 +30,22 @@ def iter_records(service: RecordService, entity_name: str) -> Iterator[dict[str,
         query.cursor = page.next_cursor
 
 
+#: First characters that make a spreadsheet treat a cell as a formula.
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> str:
+    """Format a value for a CSV cell that spreadsheets will not execute.
+
+    Text starting with a formula trigger gets a leading apostrophe, the
+    usual defence against CSV injection; numbers are never changed.
+    """
+    text = to_text(value)
+    if isinstance(value, str) and text.startswith(FORMULA_TRIGGERS):
+        return "'" + text
+    return text
+
+
 def to_text(value: Any) -> str:
     """Format a stored value for a CSV cell."""
     if value is None:
@@ -66,7 +82,7 @@ def export(
         writer = csv.writer(output)
         writer.writerow(columns)
         for record in iter_records(service, entity_name):
-            writer.writerow([to_text(record.get(name)) for name in columns])
+            writer.writerow([csv_cell(record.get(name)) for name in columns])
             count += 1
             if progress and count % PAGE_SIZE == 0:
                 progress(count)

@@ -140,6 +140,8 @@ def import_csv(
     dry_run: bool = False,
     encoding: str = "utf-8",
     progress: ProgressCallback | None = None,
+    keep_existing: bool = False,
+    key: str | None = None,
 ) -> ImportReport:
     """Import the rows of a CSV file into ``entity_name``."""
     entity = service.runtime.entity(entity_name)
@@ -151,7 +153,15 @@ def import_csv(
         raise ImportFailed(f"{str(path)!r} is empty: expected a header row") from None
     except csv.Error as err:
         raise ImportFailed(f"{str(path)!r} has a malformed header: {err}") from err
+    duplicates = sorted({h for h in headers if headers.count(h) > 1})
+    if duplicates:
+        raise ImportFailed(
+            f"{str(path)!r} has duplicate column headers: {', '.join(duplicates)}; "
+            "rename them so each column has its own header"
+        )
     mapping = mapping or ColumnMapping.by_header(entity, headers)
+    if key:
+        mapping.key = key
     check_mapping(entity, mapping, headers)
     report = ImportReport(dry_run=dry_run)
     report.ignored_columns = [h for h in headers if h not in mapping.columns]
@@ -161,11 +171,11 @@ def import_csv(
         values, errors = convert_row(entity, mapping, row, headers, len(cells))
         batch.append((line, row, values, errors))
         if len(batch) >= BATCH_SIZE:
-            _flush(service, entity_name, mapping, batch, report, dry_run)
+            _flush(service, entity_name, mapping, batch, report, dry_run, keep_existing)
             batch = []
             if progress:
                 progress(report.rows)
-    _flush(service, entity_name, mapping, batch, report, dry_run)
+    _flush(service, entity_name, mapping, batch, report, dry_run, keep_existing)
     if progress:
         progress(report.rows)
     log.info(
@@ -188,7 +198,10 @@ def _rows(reader: Any, report: ImportReport) -> Iterator[tuple[int, list[str]]]:
             return
         except csv.Error as err:
             report.rows += 1
-            report.rejected.append(RejectedRow(line, {"_row": [str(err)]}, {}))
+            message = str(err)
+            if "field larger than field limit" in message:
+                message = f"a cell is longer than {csv.field_size_limit()} characters"
+            report.rejected.append(RejectedRow(line, {"_row": [message]}, {}))
             continue
         if not any(cell.strip() for cell in cells):
             continue
@@ -261,6 +274,7 @@ def _flush(
     batch: list[tuple[int, dict[str, str], dict[str, Any], dict[str, list[str]]]],
     report: ImportReport,
     dry_run: bool,
+    keep_existing: bool,
 ) -> None:
     if not batch:
         return
@@ -273,6 +287,7 @@ def _flush(
         [{k: v for k, v in values.items() if v is not None} for _, _, values in clean],
         key=mapping.key,
         dry_run=dry_run,
+        keep_existing=keep_existing,
     )
     report.created += result.created
     report.updated += result.updated

@@ -28,6 +28,7 @@ RESERVED_PARAMETERS = rules.QUERY_PARAMETERS
 MAX_LIMIT = 200
 DEFAULT_LIMIT = 25
 MAX_IN_VALUES = 100
+MAX_CONDITIONS = 50
 MAX_FILTER_VALUE = 1000
 
 #: Types of the system columns, for parsing filter values.
@@ -141,6 +142,11 @@ def parse_list_query(
             query.conditions.append(
                 Condition(name, op, parse_value(entity, name, op, raw))
             )
+            if len(query.conditions) > MAX_CONDITIONS:
+                raise BadQuery(
+                    f"too many filters: more than {MAX_CONDITIONS}; combine "
+                    "values with the in operator (field__in=a,b,c)"
+                )
     if "sort" in args and args["sort"] and args["sort"][-1]:
         query.sort = [part.strip() for part in args["sort"][-1].split(",") if part]
     check_sort(entity, query.sort)
@@ -300,6 +306,33 @@ def _from_json(value: Any) -> Any:
     if isinstance(value, (dict, list)):
         raise BadQuery("invalid cursor: start again without a cursor")
     return value
+
+
+def check_cursor_types(
+    table: sa.Table, sort: Sequence[str], values: Sequence[Any]
+) -> None:
+    """Reject a cursor whose values do not fit the sort columns' types.
+
+    Cursors are not signed, so a hand-made one must fail as a bad request,
+    not when the database driver meets a value of the wrong type.
+    """
+    for key, value in zip(sort, values, strict=True):
+        if value is None:
+            continue
+        expected = table.c[key.removeprefix("-")].type.python_type
+        if expected is bool:
+            valid = isinstance(value, bool)
+        elif expected is int:
+            valid = isinstance(value, int) and not isinstance(value, bool)
+        elif expected is dt.date:
+            valid = isinstance(value, dt.date) and not isinstance(value, dt.datetime)
+        else:
+            valid = isinstance(value, expected)
+        if not valid:
+            raise BadQuery(
+                "invalid cursor: it does not match this sort order; start again "
+                "without a cursor"
+            )
 
 
 def keyset_after(

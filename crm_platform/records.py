@@ -13,7 +13,7 @@ import datetime as dt
 import decimal
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,7 @@ from .control import Actor
 from .errors import Conflict, NotFound, RecordInvalid, VersionConflict
 from .querying import (
     ListQuery,
+    check_cursor_types,
     compile_condition,
     compile_search,
     decode_cursor,
@@ -86,12 +87,19 @@ class RecordService:
     """Reads and writes records of one tenant on behalf of one user."""
 
     def __init__(
-        self, runtime: TenantRuntime, actor: Actor, locale: str = "en"
+        self,
+        runtime: TenantRuntime,
+        actor: Actor,
+        locale: str = "en",
+        is_member: Callable[[str], bool] | None = None,
     ) -> None:
+        """``is_member`` tells whether a user id belongs to a member of the
+        tenant; without it, records can only be owned by ``actor``."""
         self.runtime = runtime
         self.actor = actor
         self.locale = locale
         self.messages = messages_for(locale)
+        self.is_member = is_member
 
     # Reads
 
@@ -106,6 +114,7 @@ class RecordService:
         statement = sa.select(table).where(*where)
         if query.cursor:
             values = decode_cursor(query.cursor, len(sort))
+            check_cursor_types(table, sort, values)
             nulls_high = self.runtime.engine.dialect.name == "postgresql"
             statement = statement.where(keyset_after(table, sort, values, nulls_high))
         order = [
@@ -315,8 +324,12 @@ class RecordService:
         rows: Sequence[Mapping[str, Any]],
         key: str | None = None,
         dry_run: bool = False,
+        keep_existing: bool = False,
     ) -> BatchResult:
         """Validate and write many records in one transaction.
+
+        With ``keep_existing``, rows whose key matches a stored record leave
+        that record as it is, so edits made since an earlier import survive.
 
         Rows that fail validation are reported by their index in ``rows`` and
         skipped; the others are written. With ``key``, a row whose key value
@@ -335,6 +348,14 @@ class RecordService:
         with self.runtime.engine.begin() as conn:
             loaded = self._drop_missing_lookups(conn, entity, loaded, result)
             existing = self._existing_by_key(conn, table, key, loaded)
+            if keep_existing:
+                result.unchanged += sum(
+                    1 for _, row in loaded if key and row.get(key) in existing
+                )
+                loaded = [
+                    (index, row) for index, row in loaded
+                    if not key or row.get(key) not in existing
+                ]
             inserts, updates = self._split_writes(entity, key, loaded, existing, result)
             if dry_run:
                 result.created = len(inserts)
@@ -545,6 +566,10 @@ class RecordService:
                 errors[key] = [self.messages["max_length"].format(max=MAX_VALUE_LENGTH)]
             elif _is_read_only(entity, key):
                 errors[key] = [self.messages["read_only"]]
+            elif isinstance(value, str) and not _storable(value):
+                errors[key] = [self.messages["invalid_text"]]
+            elif key == "owner_id" and value and not self._may_own(str(value)):
+                errors[key] = [self.messages["owner_not_member"].format(input=value)]
             else:
                 clean[key] = value
         try:
@@ -559,6 +584,11 @@ class RecordService:
             names = ", ".join(sorted(errors))
             raise RecordInvalid(f"invalid {entity.name}: check {names}", errors)
         return dict(loaded)
+
+    def _may_own(self, user_id: str) -> bool:
+        if user_id == self.actor.user_id:
+            return True
+        return self.is_member is not None and self.is_member(user_id)
 
     def _check_lookups(
         self, conn: sa.Connection, entity: Entity, values: Mapping[str, Any]
@@ -662,6 +692,18 @@ def _as_stored(
         elif field.type == "multi_picklist":
             record[field.name] = sorted(set(value))
     return record
+
+
+def _storable(text: str) -> bool:
+    """Return False for text no database should store: NUL characters
+    (PostgreSQL rejects them) and lone surrogates (not valid UTF-8)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _is_read_only(entity: Entity, key: str) -> bool:

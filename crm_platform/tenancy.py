@@ -15,7 +15,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -26,9 +26,12 @@ from metadata_engine.validation import RecordSchema, build_schema
 
 from .backends import Backend, create_backend
 from .config import Settings
-from .control import ControlPlane, Tenant, tenants
+from .control import Actor, ControlPlane, Tenant, tenants
 from .errors import NotFound, TenantError
 from .migrations import apply_tables
+
+if TYPE_CHECKING:
+    from .records import RecordService
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +129,18 @@ class Platform:
         if isinstance(documents, str):
             documents = json.loads(documents)
         return compile_documents(documents)
+
+    def records(
+        self, runtime: TenantRuntime, actor: Actor, locale: str = "en"
+    ) -> RecordService:
+        """Return the record service of ``actor`` in ``runtime``'s tenant,
+        able to check that a new owner is a member of that tenant."""
+        from .records import RecordService
+
+        def is_member(user_id: str) -> bool:
+            return self.control.actor(runtime.tenant, user_id) is not None
+
+        return RecordService(runtime, actor, locale, is_member=is_member)
 
     def engine(self, slug: str) -> sa.Engine:
         """Return the engine that runs every query of tenant ``slug``."""

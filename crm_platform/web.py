@@ -222,6 +222,8 @@ def safe_next(slug: str, raw: str | None) -> str:
     prefix = f"/t/{slug}/"
     if parts.scheme or parts.netloc or "\\" in raw or not raw.startswith(prefix):
         return home
+    if any(ord(character) < 32 or ord(character) == 127 for character in raw):
+        return home
     if parts.path.rstrip("/") == f"/t/{slug}/login":
         return home
     return raw

@@ -25,6 +25,9 @@ Messages = Mapping[str, str]
 TRUE_WORDS = frozenset({"true", "yes", "y", "1", "on", "t", "是"})
 FALSE_WORDS = frozenset({"false", "no", "n", "0", "off", "f", "否"})
 PHONE_PATTERN = re.compile(r"^\+?[0-9 ()./\-]{3,40}(?:\s*(?:x|ext\.?)\s*[0-9]{1,6})?$")
+#: Decimal exponents beyond this are rejected before any arithmetic, so text
+#: such as 1e999999 cannot overflow the decimal context.
+MAX_DECIMAL_EXPONENT = 40
 TEXT_TYPES = frozenset({"text", "long_text", "email", "phone", "url", "picklist"})
 NUMBER_TYPES = frozenset({"integer", "decimal", "currency", "percent"})
 
@@ -186,10 +189,13 @@ class IntegerType(FieldType):
         text = raw.strip().replace(",", "")
         try:
             number = decimal.Decimal(text)
-        except decimal.InvalidOperation:
+            whole = number == number.to_integral_value()
+        except decimal.DecimalException:
             raise ParseError("invalid_integer") from None
-        if number != number.to_integral_value():
+        if not number.is_finite() or not whole:
             raise ParseError("invalid_integer")
+        if not -(2**63) <= number < 2**63:
+            raise ParseError("too_large")
         return int(number)
 
 
@@ -223,9 +229,9 @@ class DecimalType(FieldType):
         text = raw.strip().replace(",", "").lstrip("$¥€£").rstrip("%").strip()
         try:
             number = decimal.Decimal(text)
-        except decimal.InvalidOperation:
+        except decimal.DecimalException:
             raise ParseError("invalid_decimal") from None
-        if not number.is_finite():
+        if not number.is_finite() or abs(number.adjusted()) > MAX_DECIMAL_EXPONENT:
             raise ParseError("invalid_decimal")
         return number
 
@@ -302,6 +308,7 @@ class DateTimeType(FieldType):
         return fields.AwareDateTime(
             format="iso",
             default_timezone=dt.UTC,
+            validate=[_in_utc_range(messages)],
             error_messages={
                 **base_errors(messages),
                 "invalid": messages["invalid_datetime"],
@@ -318,7 +325,10 @@ class DateTimeType(FieldType):
             raise ParseError("invalid_datetime") from None
         if value.tzinfo is None:
             value = value.replace(tzinfo=dt.UTC)
-        return value.astimezone(dt.UTC)
+        try:
+            return value.astimezone(dt.UTC)
+        except OverflowError:
+            raise ParseError("invalid_datetime") from None
 
 
 class PicklistType(FieldType):
@@ -436,6 +446,19 @@ class DigitsValidator(validate.Validator):
                 )
             )
         return value
+
+
+def _in_utc_range(messages: Messages) -> Callable[[dt.datetime], None]:
+    """Reject datetimes that overflow when converted to UTC, such as
+    9999-12-31T23:59:59-12:00."""
+
+    def check(value: dt.datetime) -> None:
+        try:
+            value.astimezone(dt.UTC)
+        except OverflowError:
+            raise ValidationError(messages["invalid_datetime"]) from None
+
+    return check
 
 
 def base_errors(messages: Messages) -> dict[str, str]:

@@ -37,6 +37,7 @@ MESSAGES: Mapping[str, Mapping[str, str]] = {
         "choice": "{input!r} is not one of the options: {choices}.",
         "lookup_missing": "No {entity} record has the id {input!r}.",
         "unique": "Another record already has this value.",
+        "owner_not_member": "No member of this tenant has the user id {input!r}.",
     },
     "zh-CN": {
         "required": "此字段为必填项。",
@@ -65,6 +66,7 @@ MESSAGES: Mapping[str, Mapping[str, str]] = {
         "choice": "{input!r} 不是可选项之一：{choices}。",
         "lookup_missing": "不存在 ID 为 {input!r} 的{entity}记录。",
         "unique": "已有其他记录使用此值。",
+        "owner_not_member": "本租户中没有用户 ID 为 {input!r} 的成员。",
     },
 }
 

@@ -45,6 +45,15 @@ def parse_json(file: str, data: bytes) -> tuple[Any, Problem | None]:
             f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}",
             "fix the JSON syntax at that place",
         )
+    except (RecursionError, ValueError) as err:
+        # Nesting deeper than the interpreter's recursion limit, or an
+        # integer literal longer than Python's 4,300-digit conversion limit.
+        return None, Problem(
+            file,
+            "",
+            f"JSON cannot be read: {type(err).__name__}",
+            "flatten the nesting and keep numbers under 4,300 digits",
+        )
 
 
 def collect_folder(

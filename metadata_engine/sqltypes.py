@@ -21,6 +21,10 @@ class UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
     impl = sa.DateTime(timezone=True)
     cache_ok = True
 
+    @property
+    def python_type(self) -> type[dt.datetime]:
+        return dt.datetime
+
     def process_bind_param(
         self, value: dt.datetime | None, dialect: Dialect
     ) -> dt.datetime | None:
@@ -53,6 +57,10 @@ class JSONList(sa.types.TypeDecorator[list[str]]):
     impl = sa.Text()
     cache_ok = True
 
+    @property
+    def python_type(self) -> type[list[str]]:
+        return list
+
     def process_bind_param(self, value: list[str] | None, dialect: Dialect) -> Any:
         if value is None:
             return None
@@ -80,6 +88,10 @@ class ExactDecimal(sa.types.TypeDecorator[decimal.Decimal]):
 
     impl = sa.Numeric
     cache_ok = True
+
+    @property
+    def python_type(self) -> type[decimal.Decimal]:
+        return decimal.Decimal
 
     def __init__(self, precision: int, scale: int) -> None:
         super().__init__(precision=precision, scale=scale, asdecimal=True)

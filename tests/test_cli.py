@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -229,6 +230,41 @@ def free_port() -> int:
         return port
 
 
+def api_token(output: str) -> str:
+    return next(
+        line.split()[-1] for line in output.splitlines() if "API token:" in line
+    )
+
+
+def demo_service(data_dir: Path) -> Any:
+    from crm_platform.config import load_settings
+    from crm_platform.demo import DEMO_EMAIL
+    from crm_platform.tenancy import Platform
+
+    platform = Platform(load_settings(data_dir))
+    tenant = platform.control.get_tenant("demo")
+    user_id = platform.control.find_user_id(DEMO_EMAIL)
+    assert user_id is not None
+    actor = platform.control.actor(tenant, user_id)
+    assert actor is not None
+    return platform.records(platform.runtime("demo"), actor)
+
+
+def edit_one_customer(data_dir: Path) -> str:
+    """Change one customer's tenure, as a user would between two demo runs."""
+    from crm_platform.querying import ListQuery
+
+    service = demo_service(data_dir)
+    (record,) = service.list("account", ListQuery(limit=1)).records
+    service.update("account", record["id"], {"tenure": 99})
+    return str(record["id"])
+
+
+def tenure_of(data_dir: Path, record_id: str) -> int:
+    tenure: int = demo_service(data_dir).get("account", record_id)["tenure"]
+    return tenure
+
+
 @pytest.mark.slow
 def test_demo_twice_then_serve(tmp_path: Path) -> None:
     """The README's main job: demo sets up real data, reruns change nothing,
@@ -245,6 +281,9 @@ def test_demo_twice_then_serve(tmp_path: Path) -> None:
         check=True,
     )
     assert "created 7043" in first.stdout
+    first_token = api_token(first.stdout)
+
+    edited = edit_one_customer(data_dir)
     second = subprocess.run(
         [*command, "--no-serve"],
         env=env,
@@ -254,9 +293,8 @@ def test_demo_twice_then_serve(tmp_path: Path) -> None:
         check=True,
     )
     assert "created 0, updated 0, unchanged 7043, rejected 0" in second.stdout
-    token = next(
-        line.split()[-1] for line in second.stdout.splitlines() if "API token:" in line
-    )
+    assert tenure_of(data_dir, edited) == 99
+    token = first_token
 
     port = free_port()
     server = subprocess.Popen(
