@@ -25,7 +25,7 @@ from uuid_utils import uuid7
 from metadata_engine.messages import messages_for
 from metadata_engine.model import SYSTEM_COLUMNS, Entity, Field
 from metadata_engine.tables import build_service_tables
-from metadata_engine.validation import WRITABLE_SYSTEM_COLUMNS
+from metadata_engine.validation import WRITABLE_SYSTEM_COLUMNS, is_typed
 
 from .control import Actor
 from .errors import Conflict, NotFound, RecordInvalid, VersionConflict
@@ -253,11 +253,10 @@ class RecordService:
         )
         table = self.runtime.tables[entity_name]
         with self.runtime.engine.begin() as conn:
-            self._check_lookups(conn, entity, values)
             for field in entity.fields:
                 if field.type == "auto_number":
                     values[field.name] = _next_number(conn, entity, field)
-            self._execute_write(conn, entity, table.insert().values(**values))
+            self._execute_write(conn, entity, table.insert().values(**values), values)
         log.info(
             "created %s %s in tenant %s", entity_name, values["id"], self.runtime.slug
         )
@@ -290,8 +289,7 @@ class RecordService:
         if expected_version is not None:
             statement = statement.where(table.c.version == expected_version)
         with self.runtime.engine.begin() as conn:
-            self._check_lookups(conn, entity, values)
-            result = self._execute_write(conn, entity, statement)
+            result = self._execute_write(conn, entity, statement, values)
             if result.rowcount == 0:
                 self._raise_missing_or_stale(
                     conn, entity_name, record_id, expected_version
@@ -340,9 +338,16 @@ class RecordService:
         table = self.runtime.tables[entity_name]
         result = BatchResult()
         loaded: IndexedRows = []
+        schema = self.runtime.schema(entity.name, self.locale)
         for index, row in enumerate(rows):
             try:
-                loaded.append((index, self._load(entity, row, partial=False)))
+                if is_typed(entity, row) and self._passes_guards(entity, row):
+                    problems = schema.validate_typed(row)
+                    if problems:
+                        raise RecordInvalid("invalid row", problems)
+                    loaded.append((index, dict(row)))
+                else:
+                    loaded.append((index, self._load(entity, row, partial=False)))
             except RecordInvalid as err:
                 result.errors[index] = err.details or {"_schema": [err.message]}
         with self.runtime.engine.begin() as conn:
@@ -353,7 +358,8 @@ class RecordService:
                     1 for _, row in loaded if key and row.get(key) in existing
                 )
                 loaded = [
-                    (index, row) for index, row in loaded
+                    (index, row)
+                    for index, row in loaded
                     if not key or row.get(key) not in existing
                 ]
             inserts, updates = self._split_writes(entity, key, loaded, existing, result)
@@ -585,6 +591,18 @@ class RecordService:
             raise RecordInvalid(f"invalid {entity.name}: check {names}", errors)
         return dict(loaded)
 
+    def _passes_guards(self, entity: Entity, row: Mapping[str, Any]) -> bool:
+        """Return True if none of ``_load``'s checks before the schema would
+        reject ``row``; otherwise ``_load`` runs and reports them."""
+        for key, value in row.items():
+            if _is_read_only(entity, key) or key == "owner_id":
+                return False
+            if isinstance(value, str) and (
+                len(value) > MAX_VALUE_LENGTH or not _storable(value)
+            ):
+                return False
+        return True
+
     def _may_own(self, user_id: str) -> bool:
         if user_id == self.actor.user_id:
             return True
@@ -636,10 +654,19 @@ class RecordService:
                 )
 
     def _execute_write(
-        self, conn: sa.Connection, entity: Entity, statement: Any
+        self,
+        conn: sa.Connection,
+        entity: Entity,
+        statement: Any,
+        values: Mapping[str, Any],
     ) -> sa.CursorResult[Any]:
-        # No savepoint: a failed write ends the whole transaction anyway,
-        # because the error is raised to the caller.
+        """Run one write, turning constraint errors into field errors.
+
+        Lookups are enforced by foreign keys; only when one fails are the
+        targets looked up, on a fresh connection because PostgreSQL aborts
+        the failed transaction, to say which field points nowhere. No
+        savepoint is taken: the error ends the whole transaction anyway.
+        """
         try:
             return conn.execute(statement)
         except sa.exc.IntegrityError as err:
@@ -650,6 +677,8 @@ class RecordService:
                     f"another {entity.name} already has this {', '.join(fields)}",
                     details={name: [message] for name in fields},
                 ) from err
+            with self.runtime.engine.connect() as check:
+                self._check_lookups(check, entity, values)
             raise Conflict(
                 f"the {entity.name} record conflicts with stored data: {err.orig}"
             ) from err

@@ -7,6 +7,8 @@ locale because their error messages are data from ``messages``.
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -67,6 +69,68 @@ class RecordSchema(Schema):
         if errors:
             raise ValidationError(errors)
 
+    def validate_typed(self, data: Mapping[str, Any]) -> dict[str, list[str]]:
+        """Check values that already have their Python types (rows that an
+        importer converted from text) with this schema's own validators.
+
+        It skips only deserialization, which such values do not need, and is
+        several times faster than ``load`` for wide entities. The caller
+        checks ``is_typed`` first. Errors of list items are listed under
+        their field, not under the item's index.
+        """
+        errors: dict[str, list[str]] = {}
+        for key, value in data.items():
+            field = self.fields.get(key)
+            if field is None or field.dump_only:
+                errors[key] = [self.error_messages["unknown"]]
+            elif value is None:
+                if not field.allow_none:
+                    errors[key] = [str(field.error_messages["null"])]
+            else:
+                problems = _run_validators(field, value)
+                if problems:
+                    errors[key] = problems
+        passed = {key: value for key, value in data.items() if key not in errors}
+        try:
+            self.check_required(passed, data, partial=False)
+        except ValidationError as err:
+            if isinstance(err.messages, dict):
+                for key, messages in err.messages.items():
+                    errors.setdefault(str(key), []).extend(messages)
+        return errors
+
+
+#: Python types of values already converted from text, per field type; used
+#: to decide whether a row may skip deserialization.
+TYPED_VALUES: Mapping[str, type | tuple[type, ...]] = {
+    "integer": int,
+    "decimal": decimal.Decimal,
+    "currency": decimal.Decimal,
+    "percent": decimal.Decimal,
+    "boolean": bool,
+    "date": dt.date,
+    "datetime": dt.datetime,
+    "multi_picklist": list,
+}
+
+
+def is_typed(entity: Entity, data: Mapping[str, Any]) -> bool:
+    """Return True if every value already has its field's Python type."""
+    for key, value in data.items():
+        if value is None or not entity.has_field(key):
+            continue
+        field_type = entity.field(key).type
+        expected = TYPED_VALUES.get(field_type, str)
+        if not isinstance(value, expected):
+            return False
+        if field_type == "integer" and isinstance(value, bool):
+            return False
+        if field_type == "date" and isinstance(value, dt.datetime):
+            return False
+        if isinstance(value, dt.datetime) and value.tzinfo is None:
+            return False
+    return True
+
 
 def build_schema(entity: Entity, locale: str | None = "en") -> type[RecordSchema]:
     """Return a schema class that validates writes to ``entity``.
@@ -106,6 +170,21 @@ def build_schema(entity: Entity, locale: str | None = "en") -> type[RecordSchema
         f"{entity.name.title()}Schema", (RecordSchema,), attributes
     )
     return schema_class
+
+
+def _run_validators(field: fields.Field, value: Any) -> list[str]:
+    problems: list[str] = []
+    checks = [(validator, value) for validator in field.validators]
+    if isinstance(field, fields.List):
+        checks += [
+            (validator, item) for item in value for validator in field.inner.validators
+        ]
+    for validator, item in checks:
+        try:
+            validator(item)
+        except ValidationError as err:
+            problems.extend(str(message) for message in err.messages)
+    return problems
 
 
 def _uuid_validator(messages: Mapping[str, str]) -> Any:
