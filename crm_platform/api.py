@@ -38,7 +38,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from metadata_engine.messages import normalize_locale
 
-from .auth import actor_from_bearer, load_tenant, record_service
+from .auth import authenticate_bearer, record_service
 from .context import error_body
 from .control import Actor
 from .errors import BadQuery, NotFound, PlatformError, RecordInvalid
@@ -90,8 +90,7 @@ def _add_tenant(endpoint: str, values: dict[str, Any]) -> None:
 @blueprint.before_request
 def _authenticate() -> None:
     """Load the tenant and the bearer token's user, then pick the locale."""
-    runtime = load_tenant(g.tenant_slug)
-    actor = actor_from_bearer(request.headers.get("Authorization"), runtime)
+    actor = authenticate_bearer(g.tenant_slug, request.headers.get("Authorization"))
     g.actor = actor
     g.locale = request_locale(actor)
 

@@ -27,17 +27,28 @@ def load_tenant(slug: str) -> TenantRuntime:
     return runtime
 
 
-def actor_from_bearer(header: str | None, runtime: TenantRuntime) -> Actor:
-    """Return the member named by an ``Authorization: Bearer`` header."""
+def authenticate_bearer(slug: str, header: str | None) -> Actor:
+    """Set ``g.runtime`` and return the member named by an ``Authorization:
+    Bearer`` header, with one control-plane query when the token is valid.
+
+    An unknown tenant raises ``NotFound`` whatever the token; a missing,
+    invalid, expired or revoked token, or one of another tenant, raises
+    ``Unauthorized``.
+    """
+    platform = get_platform()
     if not header or not header.startswith("Bearer "):
+        load_tenant(slug)
         raise Unauthorized(
             "missing bearer token: send 'Authorization: Bearer <token>' with a "
             "token from 'metacrm token create'"
         )
     token = header.removeprefix("Bearer ").strip()
-    actor = get_platform().control.actor_for_token(runtime.tenant, token)
-    if actor is None:
+    found = platform.control.member_for_token(slug, token)
+    if found is None:
+        load_tenant(slug)
         raise Unauthorized("invalid, expired or revoked token")
+    tenant, actor = found
+    g.runtime = platform.runtime_for(tenant)
     return actor
 
 

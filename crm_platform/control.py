@@ -59,10 +59,12 @@ users = sa.Table(
 memberships = sa.Table(
     "memberships",
     metadata,
-    sa.Column("tenant_id", sa.ForeignKey("tenants.id", ondelete="CASCADE"),
-              primary_key=True),
-    sa.Column("user_id", sa.ForeignKey("users.id", ondelete="CASCADE"),
-              primary_key=True),
+    sa.Column(
+        "tenant_id", sa.ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column(
+        "user_id", sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    ),
     sa.Column("role", sa.String(40), nullable=False),
 )
 
@@ -71,10 +73,10 @@ api_tokens = sa.Table(
     metadata,
     sa.Column("id", sa.String(36), primary_key=True),
     sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
-    sa.Column("user_id", sa.ForeignKey("users.id", ondelete="CASCADE"),
-              nullable=False),
-    sa.Column("tenant_id", sa.ForeignKey("tenants.id", ondelete="CASCADE"),
-              nullable=False),
+    sa.Column("user_id", sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column(
+        "tenant_id", sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False
+    ),
     sa.Column("name", sa.String(100), nullable=False, default="api"),
     sa.Column("created_at", sa.DateTime(), nullable=False),
     sa.Column("expires_at", sa.DateTime()),
@@ -82,11 +84,19 @@ api_tokens = sa.Table(
 )
 
 
-#: The member a token belongs to, built once: it runs on every API request.
+#: The tenant and member a token belongs to, built once because it runs on
+#: every API request: one query answers both "which tenant" and "who".
 _TOKEN_QUERY = (
-    sa.select(users.c.id, users.c.email, users.c.name, users.c.locale,
-              memberships.c.role)
+    sa.select(
+        tenants,
+        users.c.id.label("user_id"),
+        users.c.email,
+        users.c.name.label("user_name"),
+        users.c.locale,
+        memberships.c.role,
+    )
     .select_from(api_tokens)
+    .join(tenants, tenants.c.id == api_tokens.c.tenant_id)
     .join(users, users.c.id == api_tokens.c.user_id)
     .join(
         memberships,
@@ -97,7 +107,7 @@ _TOKEN_QUERY = (
     )
     .where(
         api_tokens.c.token_hash == sa.bindparam("token_hash"),
-        api_tokens.c.tenant_id == sa.bindparam("tenant_id"),
+        tenants.c.slug == sa.bindparam("slug"),
         api_tokens.c.revoked_at.is_(None),
         sa.or_(
             api_tokens.c.expires_at.is_(None),
@@ -191,9 +201,11 @@ class ControlPlane:
 
     def find_tenant(self, slug: str) -> Tenant | None:
         with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(tenants).where(tenants.c.slug == slug)
-            ).mappings().first()
+            row = (
+                conn.execute(sa.select(tenants).where(tenants.c.slug == slug))
+                .mappings()
+                .first()
+            )
         if row is None:
             return None
         return Tenant(
@@ -233,12 +245,13 @@ class ControlPlane:
                 f"password too short: use at least {MIN_PASSWORD_LENGTH} characters"
             )
         if password.isdigit() or password.isalpha():
-            raise PlatformError(
-                "password too weak: mix letters with digits or symbols"
-            )
+            raise PlatformError("password too weak: mix letters with digits or symbols")
 
     def create_user(
-        self, email: str, password: str | None, name: str | None = None,
+        self,
+        email: str,
+        password: str | None,
+        name: str | None = None,
         locale: str = "en",
     ) -> str:
         email = email.strip().lower()
@@ -287,9 +300,7 @@ class ControlPlane:
 
     def add_member(self, tenant: Tenant, user_id: str, role: str) -> None:
         if role not in ROLES:
-            raise PlatformError(
-                f"unknown role {role!r}: use one of {', '.join(ROLES)}"
-            )
+            raise PlatformError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
         with self.engine.begin() as conn:
             conn.execute(
                 memberships.delete().where(
@@ -306,8 +317,13 @@ class ControlPlane:
     def actor(self, tenant: Tenant, user_id: str) -> Actor | None:
         """Return the user as a member of ``tenant``, or None if not a member."""
         query = (
-            sa.select(users.c.id, users.c.email, users.c.name, users.c.locale,
-                      memberships.c.role)
+            sa.select(
+                users.c.id,
+                users.c.email,
+                users.c.name,
+                users.c.locale,
+                memberships.c.role,
+            )
             .join(memberships, memberships.c.user_id == users.c.id)
             .where(
                 users.c.id == user_id,
@@ -333,8 +349,11 @@ class ControlPlane:
         query = (
             sa.select(users.c.id)
             .join(memberships, memberships.c.user_id == users.c.id)
-            .where(memberships.c.tenant_id == tenant.id,
-                   memberships.c.role == "admin", users.c.is_active.is_(True))
+            .where(
+                memberships.c.tenant_id == tenant.id,
+                memberships.c.role == "admin",
+                users.c.is_active.is_(True),
+            )
             .order_by(users.c.created_at)
             .limit(1)
         )
@@ -373,7 +392,10 @@ class ControlPlane:
     # API tokens
 
     def create_token(
-        self, tenant: Tenant, user_id: str, name: str = "api",
+        self,
+        tenant: Tenant,
+        user_id: str,
+        name: str = "api",
         expires_in: dt.timedelta | None = None,
     ) -> str:
         """Create an API token and return it; only its hash is stored."""
@@ -397,25 +419,30 @@ class ControlPlane:
             )
         return token
 
-    def actor_for_token(self, tenant: Tenant, token: str) -> Actor | None:
-        """Return the token's user if the token is valid for ``tenant``."""
-        parameters = {
-            "token_hash": hash_token(token),
-            "tenant_id": tenant.id,
-            "now": utcnow(),
-        }
+    def member_for_token(self, slug: str, token: str) -> tuple[Tenant, Actor] | None:
+        """Return the tenant and member of a token valid for tenant ``slug``."""
+        parameters = {"token_hash": hash_token(token), "slug": slug, "now": utcnow()}
         with self.engine.connect() as conn:
             row = conn.execute(_TOKEN_QUERY, parameters).mappings().first()
         if row is None:
             return None
-        return Actor(
-            user_id=row["id"],
-            email=row["email"],
+        tenant = Tenant(
+            id=row["id"],
+            slug=row["slug"],
             name=row["name"],
+            status=row["status"],
+            metadata_hash=row["metadata_hash"],
+            metadata_version=row["metadata_version"],
+        )
+        actor = Actor(
+            user_id=row["user_id"],
+            email=row["email"],
+            name=row["user_name"],
             role=row["role"],
             locale=row["locale"],
             tenant_id=tenant.id,
         )
+        return tenant, actor
 
     def revoke_token(self, token: str) -> bool:
         with self.engine.begin() as conn:

@@ -19,7 +19,7 @@ from typing import Any
 
 from metadata_engine import fieldtypes
 from metadata_engine.messages import messages_for
-from metadata_engine.model import Entity
+from metadata_engine.model import Entity, Field
 
 from .errors import PlatformError
 from .records import RecordService
@@ -46,6 +46,7 @@ class ColumnMapping:
     entity: str
     columns: dict[str, list[str]]
     key: str | None = None
+    _converters: list[Any] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_file(cls, path: Path) -> ColumnMapping:
@@ -245,26 +246,42 @@ def convert_row(
             f"the row has {cell_count} cells but the header has {len(headers)}"
         ]
         return values, errors
-    for header, targets in mapping.columns.items():
+    for header, name, metadata_field, parse in _converters(entity, mapping):
         raw = row.get(header, "")
-        for name in targets:
-            if len(raw) > MAX_CELL:
-                errors[name] = [
-                    f"value is {len(raw)} characters; the limit is {MAX_CELL}"
-                ]
-                continue
-            if raw.strip() == "":
-                values[name] = None
-                continue
-            metadata_field = entity.field(name)
-            try:
-                values[name] = fieldtypes.get(metadata_field.type).parse_text(
-                    metadata_field, raw
-                )
-            except fieldtypes.ParseError as err:
-                reason = messages_for("en")[err.message_key]
-                errors[name] = [f"{raw!r}: {reason}"]
+        if len(raw) > MAX_CELL:
+            errors[name] = [f"value is {len(raw)} characters; the limit is {MAX_CELL}"]
+            continue
+        if raw.strip() == "":
+            values[name] = None
+            continue
+        try:
+            values[name] = parse(metadata_field, raw)
+        except fieldtypes.ParseError as err:
+            reason = messages_for("en")[err.message_key]
+            errors[name] = [f"{raw!r}: {reason}"]
     return values, errors
+
+
+Converter = tuple[str, str, Field, Callable[[Field, str], Any]]
+
+
+def _converters(entity: Entity, mapping: ColumnMapping) -> list[Converter]:
+    """Return (header, field name, field, parser) per mapped target, built
+    once per mapping so that each row does no lookups."""
+    cached: list[Converter] | None = mapping._converters
+    if cached is None:
+        cached = [
+            (
+                header,
+                name,
+                entity.field(name),
+                fieldtypes.get(entity.field(name).type).parse_text,
+            )
+            for header, targets in mapping.columns.items()
+            for name in targets
+        ]
+        mapping._converters = cached
+    return cached
 
 
 def _flush(

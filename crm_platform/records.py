@@ -25,7 +25,7 @@ from uuid_utils import uuid7
 from metadata_engine.messages import messages_for
 from metadata_engine.model import SYSTEM_COLUMNS, Entity, Field
 from metadata_engine.tables import build_service_tables
-from metadata_engine.validation import WRITABLE_SYSTEM_COLUMNS, is_typed
+from metadata_engine.validation import WRITABLE_SYSTEM_COLUMNS
 
 from .control import Actor
 from .errors import Conflict, NotFound, RecordInvalid, VersionConflict
@@ -339,9 +339,10 @@ class RecordService:
         result = BatchResult()
         loaded: IndexedRows = []
         schema = self.runtime.schema(entity.name, self.locale)
+        read_only = _read_only_names(entity)
         for index, row in enumerate(rows):
             try:
-                if is_typed(entity, row) and self._passes_guards(entity, row):
+                if schema.is_typed(row) and _passes_guards(read_only, row):
                     problems = schema.validate_typed(row)
                     if problems:
                         raise RecordInvalid("invalid row", problems)
@@ -591,18 +592,6 @@ class RecordService:
             raise RecordInvalid(f"invalid {entity.name}: check {names}", errors)
         return dict(loaded)
 
-    def _passes_guards(self, entity: Entity, row: Mapping[str, Any]) -> bool:
-        """Return True if none of ``_load``'s checks before the schema would
-        reject ``row``; otherwise ``_load`` runs and reports them."""
-        for key, value in row.items():
-            if _is_read_only(entity, key) or key == "owner_id":
-                return False
-            if isinstance(value, str) and (
-                len(value) > MAX_VALUE_LENGTH or not _storable(value)
-            ):
-                return False
-        return True
-
     def _may_own(self, user_id: str) -> bool:
         if user_id == self.actor.user_id:
             return True
@@ -732,6 +721,26 @@ def _storable(text: str) -> bool:
         text.encode("utf-8")
     except UnicodeEncodeError:
         return False
+    return True
+
+
+def _read_only_names(entity: Entity) -> frozenset[str]:
+    system = {name for name in SYSTEM_COLUMNS if name not in WRITABLE_SYSTEM_COLUMNS}
+    fields = {field.name for field in entity.fields if not field.writable}
+    return frozenset(system | fields | {"owner_id"})
+
+
+def _passes_guards(read_only: frozenset[str], row: Mapping[str, Any]) -> bool:
+    """Return True if none of ``_load``'s checks before the schema would
+    reject ``row``; otherwise ``_load`` runs and reports them. Rows naming an
+    owner always take the full path, which checks membership."""
+    if not read_only.isdisjoint(row):
+        return False
+    for value in row.values():
+        if isinstance(value, str) and (
+            len(value) > MAX_VALUE_LENGTH or not _storable(value)
+        ):
+            return False
     return True
 
 

@@ -86,7 +86,15 @@ class Platform:
     def runtime(self, slug: str) -> TenantRuntime:
         """Return the tenant's runtime, rebuilt only when its metadata changed."""
         tenant = self.control.find_tenant(slug)
-        if tenant is None or tenant.metadata_hash is None:
+        if tenant is None:
+            raise NotFound(f"tenant {slug!r} not found")
+        return self.runtime_for(tenant)
+
+    def runtime_for(self, tenant: Tenant) -> TenantRuntime:
+        """Return the runtime of a tenant row just read from the control
+        plane, comparing its metadata hash with the cached runtime's."""
+        slug = tenant.slug
+        if tenant.metadata_hash is None:
             raise NotFound(f"tenant {slug!r} not found")
         cached = self._runtimes.get(slug)
         current = tenant.metadata_hash

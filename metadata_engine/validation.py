@@ -39,6 +39,7 @@ class RecordSchema(Schema):
 
     entity: Entity
     messages: Mapping[str, str]
+    typed: Mapping[str, tuple[Any, tuple[type, ...]]]
 
     @validates_schema(skip_on_field_errors=False, pass_original=True)
     def check_required(
@@ -68,6 +69,18 @@ class RecordSchema(Schema):
                 errors[field.name] = [self.messages[key]]
         if errors:
             raise ValidationError(errors)
+
+    def is_typed(self, data: Mapping[str, Any]) -> bool:
+        """Return True if every value already has its field's Python type."""
+        for key, value in data.items():
+            kinds = self.typed.get(key)
+            if value is None or kinds is None:
+                continue
+            if not isinstance(value, kinds[0]) or isinstance(value, kinds[1]):
+                return False
+            if isinstance(value, dt.datetime) and value.tzinfo is None:
+                return False
+        return True
 
     def validate_typed(self, data: Mapping[str, Any]) -> dict[str, list[str]]:
         """Check values that already have their Python types (rows that an
@@ -114,22 +127,17 @@ TYPED_VALUES: Mapping[str, type | tuple[type, ...]] = {
 }
 
 
-def is_typed(entity: Entity, data: Mapping[str, Any]) -> bool:
-    """Return True if every value already has its field's Python type."""
-    for key, value in data.items():
-        if value is None or not entity.has_field(key):
-            continue
-        field_type = entity.field(key).type
-        expected = TYPED_VALUES.get(field_type, str)
-        if not isinstance(value, expected):
-            return False
-        if field_type == "integer" and isinstance(value, bool):
-            return False
-        if field_type == "date" and isinstance(value, dt.datetime):
-            return False
-        if isinstance(value, dt.datetime) and value.tzinfo is None:
-            return False
-    return True
+#: Subclasses that do not count as the expected type: bool is an int, and a
+#: datetime is a date.
+_EXCLUDED: Mapping[str, tuple[type, ...]] = {"integer": (bool,), "date": (dt.datetime,)}
+
+
+def typed_fields(entity: Entity) -> dict[str, tuple[Any, tuple[type, ...]]]:
+    """Return, per field, the accepted and the excluded Python types."""
+    return {
+        field.name: (TYPED_VALUES.get(field.type, str), _EXCLUDED.get(field.type, ()))
+        for field in entity.fields
+    }
 
 
 def build_schema(entity: Entity, locale: str | None = "en") -> type[RecordSchema]:
@@ -142,6 +150,7 @@ def build_schema(entity: Entity, locale: str | None = "en") -> type[RecordSchema
     attributes: dict[str, Any] = {
         "entity": entity,
         "messages": messages,
+        "typed": typed_fields(entity),
         "Meta": type(
             "Meta",
             (),

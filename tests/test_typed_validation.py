@@ -11,7 +11,7 @@ import pytest
 from marshmallow import ValidationError
 
 from metadata_engine.loader import load_definition
-from metadata_engine.validation import build_schema, is_typed
+from metadata_engine.validation import build_schema
 
 ALL_TYPES = Path(__file__).parent / "definitions" / "all_types"
 VALID: dict[str, Any] = {
@@ -58,7 +58,7 @@ def schema() -> Any:
 @pytest.mark.parametrize("change", CASES)
 def test_typed_check_matches_load(schema: Any, change: dict[str, Any]) -> None:
     row = {**VALID, **change}
-    assert is_typed(schema.entity, row)
+    assert schema.is_typed(row)
     try:
         schema.load(row)
         expected: dict[str, Any] = {}
@@ -86,4 +86,4 @@ def flat(messages: Any) -> list[str]:
     ],
 )
 def test_untyped_rows_detected(schema: Any, row: dict[str, Any]) -> None:
-    assert not is_typed(schema.entity, row)
+    assert not schema.is_typed(row)
