@@ -1,4 +1,4 @@
-"""Who is asking: bearer tokens for the API, signed sessions for the UI.
+"""Authentication: bearer tokens for the API, signed sessions for the UI.
 
 Both end in the same place: ``g.runtime`` (the tenant) and ``g.actor`` (the
 member of that tenant), set before any view runs. A user of another tenant,

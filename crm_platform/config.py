@@ -14,7 +14,7 @@ DEFAULT_MAX_CONTENT_LENGTH = 2 * 1024 * 1024
 
 @dataclass(frozen=True)
 class Settings:
-    """Where the platform keeps its data and how it protects sessions."""
+    """Data locations, the session secret and request limits of one process."""
 
     data_dir: Path
     secret_key: str

@@ -84,8 +84,8 @@ api_tokens = sa.Table(
 )
 
 
-#: The tenant and member a token belongs to, built once because it runs on
-#: every API request: one query answers both "which tenant" and "who".
+#: The tenant and member a token belongs to. It runs on every API request, so
+#: it is built once, and one query returns both the tenant row and the user.
 _TOKEN_QUERY = (
     sa.select(
         tenants,

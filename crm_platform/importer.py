@@ -41,7 +41,7 @@ class ImportFailed(PlatformError):
 
 @dataclass
 class ColumnMapping:
-    """Which CSV column feeds which fields, and the key for updates."""
+    """The mapping of CSV columns to fields, and the key field for updates."""
 
     entity: str
     columns: dict[str, list[str]]

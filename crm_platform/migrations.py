@@ -43,7 +43,7 @@ _LONGEST_FIRST = sorted(_TYPE_FAMILIES, key=len, reverse=True)
 
 @dataclass
 class MigrationPlan:
-    """What ``apply_tables`` will do, computed before it does anything."""
+    """The changes ``apply_tables`` will make, computed before any is made."""
 
     new_tables: list[sa.Table] = field(default_factory=list)
     new_columns: list[tuple[sa.Table, sa.Column[object]]] = field(default_factory=list)

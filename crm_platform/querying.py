@@ -52,7 +52,7 @@ class Condition:
 
 @dataclass
 class ListQuery:
-    """What a list request asks for, already checked against the entity."""
+    """A parsed list request, already checked against the entity."""
 
     conditions: list[Condition] = field(default_factory=list)
     search: str | None = None
@@ -343,7 +343,7 @@ def keyset_after(
 ) -> sa.ColumnElement[bool]:
     """Return the predicate for rows after ``values`` in ``sort`` order.
 
-    ``sort`` ends with the tie-breaking ``id``. ``nulls_high`` tells where the
+    ``sort`` ends with the tie-breaking ``id``. ``nulls_high`` says where the
     database puts NULL: PostgreSQL sorts it above every value, SQLite below.
     """
     clauses = []

@@ -66,7 +66,8 @@ class Page:
 
 @dataclass
 class BatchResult:
-    """What one import batch did; ``errors`` maps row index to field errors."""
+    """Counts and errors of one import batch; ``errors`` maps a row's index in
+    the batch to its field errors."""
 
     created: int = 0
     updated: int = 0
@@ -93,7 +94,7 @@ class RecordService:
         locale: str = "en",
         is_member: Callable[[str], bool] | None = None,
     ) -> None:
-        """``is_member`` tells whether a user id belongs to a member of the
+        """``is_member`` checks whether a user id belongs to a member of the
         tenant; without it, records can only be owned by ``actor``."""
         self.runtime = runtime
         self.actor = actor
