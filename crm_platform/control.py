@@ -144,6 +144,17 @@ class Actor:
         return self.role == "admin"
 
 
+def _tenant_from(row: sa.RowMapping) -> Tenant:
+    return Tenant(
+        id=row["id"],
+        slug=row["slug"],
+        name=row["name"],
+        status=row["status"],
+        metadata_hash=row["metadata_hash"],
+        metadata_version=row["metadata_version"],
+    )
+
+
 def utcnow() -> dt.datetime:
     """Return the current UTC time as a naive datetime, as the control plane
     stores it."""
@@ -206,16 +217,7 @@ class ControlPlane:
                 .mappings()
                 .first()
             )
-        if row is None:
-            return None
-        return Tenant(
-            id=row["id"],
-            slug=row["slug"],
-            name=row["name"],
-            status=row["status"],
-            metadata_hash=row["metadata_hash"],
-            metadata_version=row["metadata_version"],
-        )
+        return None if row is None else _tenant_from(row)
 
     def get_tenant(self, slug: str) -> Tenant:
         tenant = self.find_tenant(slug)
@@ -426,14 +428,7 @@ class ControlPlane:
             row = conn.execute(_TOKEN_QUERY, parameters).mappings().first()
         if row is None:
             return None
-        tenant = Tenant(
-            id=row["id"],
-            slug=row["slug"],
-            name=row["name"],
-            status=row["status"],
-            metadata_hash=row["metadata_hash"],
-            metadata_version=row["metadata_version"],
-        )
+        tenant = _tenant_from(row)
         actor = Actor(
             user_id=row["user_id"],
             email=row["email"],

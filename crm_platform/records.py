@@ -239,19 +239,7 @@ class RecordService:
     def create(self, entity_name: str, data: Mapping[str, Any]) -> dict[str, Any]:
         entity = self.runtime.entity(entity_name)
         values = self._load(entity, data, partial=False)
-        now = dt.datetime.now(dt.UTC)
-        for field in entity.fields:
-            if field.name not in values and field.default is not None:
-                values[field.name] = _default_value(field)
-        values.setdefault("id", str(uuid7()))
-        values["owner_id"] = values.get("owner_id") or self.actor.user_id
-        values.update(
-            created_at=now,
-            updated_at=now,
-            created_by=self.actor.user_id,
-            updated_by=self.actor.user_id,
-            version=1,
-        )
+        self._fill_new(entity, values, dt.datetime.now(dt.UTC))
         table = self.runtime.tables[entity_name]
         with self.runtime.engine.begin() as conn:
             for field in entity.fields:
@@ -462,18 +450,7 @@ class RecordService:
                 )
                 updates.append((index, changed))
                 continue
-            for field in entity.fields:
-                if field.name not in values and field.default is not None:
-                    values[field.name] = _default_value(field)
-            values.setdefault("id", str(uuid7()))
-            values["owner_id"] = values.get("owner_id") or self.actor.user_id
-            values.update(
-                created_at=now,
-                updated_at=now,
-                created_by=self.actor.user_id,
-                updated_by=self.actor.user_id,
-                version=1,
-            )
+            self._fill_new(entity, values, now)
             inserts.append((index, values))
         return inserts, updates
 
@@ -592,6 +569,23 @@ class RecordService:
             names = ", ".join(sorted(errors))
             raise RecordInvalid(f"invalid {entity.name}: check {names}", errors)
         return dict(loaded)
+
+    def _fill_new(
+        self, entity: Entity, values: dict[str, Any], now: dt.datetime
+    ) -> None:
+        """Add defaults, a new id and the system columns of a new record."""
+        for field in entity.fields:
+            if field.name not in values and field.default is not None:
+                values[field.name] = _default_value(field)
+        values.setdefault("id", str(uuid7()))
+        values["owner_id"] = values.get("owner_id") or self.actor.user_id
+        values.update(
+            created_at=now,
+            updated_at=now,
+            created_by=self.actor.user_id,
+            updated_by=self.actor.user_id,
+            version=1,
+        )
 
     def _may_own(self, user_id: str) -> bool:
         if user_id == self.actor.user_id:
