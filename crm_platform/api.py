@@ -395,7 +395,7 @@ def _http_error(error: HTTPException) -> tuple[Response, int]:
 
 @blueprint.errorhandler(Exception)
 def _unexpected_error(error: Exception) -> tuple[Response, int]:
-    request_id = uuid.uuid4().hex
+    request_id = g.get("request_id") or uuid.uuid4().hex
     log.exception(
         "request %s %s failed with an unexpected error (request id %s)",
         request.method, request.path, request_id, exc_info=error,

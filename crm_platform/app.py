@@ -9,6 +9,7 @@ from flask import Flask, Response, g, jsonify, request
 
 from renderers import init_app as init_renderers
 
+from . import observability
 from .api import blueprint as api_blueprint
 from .config import Settings, load_settings
 from .tenancy import Platform
@@ -43,6 +44,7 @@ def create_app(
     app.extensions["metacrm_settings"] = settings
 
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    observability.init_app(app)
     app.register_blueprint(api_blueprint)
     _register_web(app)
 

@@ -57,11 +57,19 @@ def run_safely(action: Callable[[], Any]) -> Any:
 
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level to stderr.")
-def main(verbose: bool) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines as text or as one JSON object per line.",
+)
+def main(verbose: bool, log_format: str) -> None:
     """MetaCRM: a CRM whose entities, forms and views are tenant metadata."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    from .observability import configure_logging
+
+    configure_logging(
+        logging.INFO if verbose else logging.WARNING, json_lines=log_format == "json"
     )
 
 
