@@ -28,7 +28,7 @@ from .backends import Backend, create_backend
 from .config import Settings
 from .control import Actor, ControlPlane, Tenant, tenants
 from .errors import NotFound, TenantError
-from .migrations import apply_tables
+from .migrations import apply_tables, plan_changes
 
 if TYPE_CHECKING:
     from .records import RecordService
@@ -112,11 +112,32 @@ class Platform:
         if definition is None:
             definition = self._load_stored_definition(engine, tenant)
             self._definitions[definition.content_hash] = definition
-        tables = build_tables(definition, sa.MetaData())
+        metadata = sa.MetaData()
+        tables = build_tables(definition, metadata)
+        self._check_storage(engine, tenant, metadata)
         log.info("loaded metadata %s for tenant %s", definition.content_hash[:12],
                  tenant.slug)
         return TenantRuntime(tenant=tenant, engine=engine, definition=definition,
                              tables=tables)
+
+    def _check_storage(
+        self, engine: sa.Engine, tenant: Tenant, metadata: sa.MetaData
+    ) -> None:
+        """Refuse to serve a tenant whose tables no longer match its
+        definition (a changed column type, for example after an upgrade that
+        stores a type differently), since reads would misinterpret the data.
+        Runs only when a runtime is built, not on every request."""
+        with engine.connect() as conn:
+            problems = plan_changes(conn, metadata).unsafe
+        if problems:
+            log.error("storage of tenant %s does not match its definition: %s",
+                      tenant.slug, "; ".join(problems))
+            raise TenantError(
+                f"the database of tenant {tenant.slug!r} does not match its "
+                "definition: " + "; ".join(problems)
+                + ". Restore a backup taken with this version, or re-create the "
+                "tenant and import its data again",
+            )
 
     def _load_stored_definition(self, engine: sa.Engine, tenant: Tenant) -> Definition:
         # A real Table, not sa.table(): only Table objects follow the

@@ -212,3 +212,24 @@ def test_user_create_existing_with_password(
     added = runner.invoke(main, ["user", "create", "globex", "x@example.com",
                                  "--role", "read_only"])
     assert added.exit_code == 0, added.output
+
+
+def test_mismatched_storage_refused(platform: Platform, crm: TenantRuntime) -> None:
+    """A column whose stored type no longer matches its field is refused at
+    load time instead of being read wrongly."""
+    import sqlite3
+
+    from crm_platform.errors import TenantError
+
+    path = platform.settings.tenant_db_path("acme")
+    platform.dispose()
+    with sqlite3.connect(path) as conn:
+        conn.execute("ALTER TABLE e_product DROP COLUMN unit_price")
+        conn.execute("ALTER TABLE e_product ADD COLUMN unit_price REAL")
+    fresh = Platform(platform.settings)
+    try:
+        with pytest.raises(TenantError, match="field 'unit_price' of entity "
+                           "'product' is stored as decimal"):
+            fresh.runtime("acme")
+    finally:
+        fresh.dispose()
