@@ -17,7 +17,12 @@ from .errors import NotFound, Unauthorized
 from .records import RecordService
 from .tenancy import TenantRuntime
 
+#: Session key of the members signed in, by tenant slug: ``{slug: {"user":
+#: user id, "generation": the user's session generation at sign-in}}``.
 SESSION_KEY = "members"
+SESSION_USER = "user"
+SESSION_GENERATION = "generation"
+SESSION_ID = "sid"
 
 
 def load_tenant(slug: str) -> TenantRuntime:
@@ -53,25 +58,51 @@ def authenticate_bearer(slug: str, header: str | None) -> Actor:
 
 
 def actor_from_session(runtime: TenantRuntime) -> Actor | None:
-    """Return the member signed in to this tenant in the browser session."""
+    """Return the member signed in to this tenant in the browser session.
+
+    A session signed in before the user's last password change or "sign out
+    everywhere" stores an older generation and is not accepted, and neither
+    is a session in the format of earlier versions, which stored none.
+    """
     members = session.get(SESSION_KEY) or {}
-    user_id = members.get(runtime.slug)
-    if not user_id:
+    entry = members.get(runtime.slug)
+    if not isinstance(entry, dict):
         return None
-    return get_platform().control.actor(runtime.tenant, user_id)
+    user_id = entry.get(SESSION_USER)
+    generation = entry.get(SESSION_GENERATION)
+    session_id = entry.get(SESSION_ID)
+    if not isinstance(user_id, str) or not isinstance(generation, int):
+        return None
+    if not isinstance(session_id, str):
+        return None
+    control = get_platform().control
+    if not control.web_session_active(runtime.tenant, user_id, session_id):
+        return None
+    return control.actor(runtime.tenant, user_id, generation)
 
 
 def sign_in(runtime: TenantRuntime, actor: Actor) -> None:
+    control = get_platform().control
+    generation = control.session_generation(actor.user_id)
+    session_id = control.start_web_session(runtime.tenant, actor.user_id)
     members = dict(session.get(SESSION_KEY) or {})
-    members[runtime.slug] = actor.user_id
+    members[runtime.slug] = {
+        SESSION_USER: actor.user_id,
+        SESSION_GENERATION: generation,
+        SESSION_ID: session_id,
+    }
     session[SESSION_KEY] = members
     session.permanent = True
 
 
 def sign_out(runtime: TenantRuntime) -> None:
+    """Sign this browser out of the tenant and end the session on the server,
+    so that a copy of the cookie does not sign in again."""
     members = dict(session.get(SESSION_KEY) or {})
-    members.pop(runtime.slug, None)
+    entry = members.pop(runtime.slug, None)
     session[SESSION_KEY] = members
+    if isinstance(entry, dict) and isinstance(entry.get(SESSION_ID), str):
+        get_platform().control.end_web_session(entry[SESSION_ID])
 
 
 def require_tenant_match(runtime: TenantRuntime, actor: Actor) -> None:

@@ -410,6 +410,106 @@ def user_create(
     click.echo(f"{email} is a member of {slug} with role {role}")
 
 
+def member_id(platform: Platform, slug: str, email: str) -> str:
+    """Return the id of member ``email`` of tenant ``slug`` or fail."""
+    tenant_row = platform.control.get_tenant(slug)
+    user_id = platform.control.find_user_id(email)
+    if user_id is None or platform.control.actor(tenant_row, user_id) is None:
+        fail(
+            f"{email!r} is not a member of tenant {slug!r}; check the address "
+            f"with the tenant's admin"
+        )
+    assert user_id is not None
+    return user_id
+
+
+@user.command("unlock")
+@click.argument("slug")
+@click.argument("email")
+@data_dir_option
+def user_unlock(slug: str, email: str, data_dir: Path | None) -> None:
+    """Clear the failed sign-ins of member EMAIL of SLUG, which ends a lockout.
+
+    Failures count per e-mail address over all tenants, so this unlocks
+    EMAIL on every tenant.
+    """
+    _, platform = open_platform(data_dir)
+
+    def action() -> int:
+        member_id(platform, slug, email)
+        return platform.control.clear_failed_logins(email)
+
+    cleared = run_safely(action)
+    log.warning("cleared %s failed sign-ins of a member of tenant %s", cleared, slug)
+    click.echo(f"cleared {cleared} failed sign-ins of {email}; it can sign in again")
+
+
+@user.command("logout-everywhere")
+@click.argument("email")
+@data_dir_option
+def user_logout_everywhere(email: str, data_dir: Path | None) -> None:
+    """End every browser session of user EMAIL, on every tenant.
+
+    API tokens stay valid; revoke them separately.
+    """
+    _, platform = open_platform(data_dir)
+    user_id = platform.control.find_user_id(email)
+    if user_id is None:
+        fail(f"user {email!r} not found; check the address")
+    run_safely(lambda: platform.control.end_sessions(str(user_id)))
+    click.echo(f"ended every browser session of {email}")
+
+
+@user.command("reset-password")
+@click.argument("slug")
+@click.argument("email")
+@data_dir_option
+def user_reset_password(slug: str, email: str, data_dir: Path | None) -> None:
+    """Put a password-reset e-mail for member EMAIL of SLUG in the outbox.
+
+    The link in it works once, within 30 minutes. Read it with
+    'metacrm outbox list'.
+    """
+    _, platform = open_platform(data_dir)
+
+    def action() -> bool:
+        member_id(platform, slug, email)
+        tenant_row = platform.control.get_tenant(slug)
+        return platform.control.request_password_reset(tenant_row, email)
+
+    run_safely(action)
+    click.echo(
+        f"a password-reset e-mail for {email} is in the outbox; show it with "
+        "'metacrm outbox list'"
+    )
+
+
+@main.group()
+def outbox() -> None:
+    """Read the e-mail the platform would send (no mail server is used)."""
+
+
+@outbox.command("list")
+@data_dir_option
+def outbox_list(data_dir: Path | None) -> None:
+    """Print every message in the outbox, oldest first.
+
+    Password-reset messages contain working links, so treat the output as
+    secret.
+    """
+    _, platform = open_platform(data_dir)
+    messages = platform.control.outbox_messages()
+    if not messages:
+        click.echo("the outbox is empty")
+    for message in messages:
+        click.echo(f"Date: {message.created_at.isoformat(timespec='seconds')}Z")
+        click.echo(f"To: {message.recipient}")
+        click.echo(f"Subject: {message.subject}")
+        click.echo("")
+        click.echo(message.body)
+        click.echo("-" * 72)
+
+
 @main.group()
 def token() -> None:
     """Manage API tokens."""

@@ -1,4 +1,5 @@
-"""The control plane: tenants, users, memberships and API tokens.
+"""The control plane: tenants, users, memberships, API tokens and account
+security (failed sign-ins, password resets and the mail outbox).
 
 It lives apart from every tenant's records: in its own database
 (``control.sqlite`` in the data directory) or, on PostgreSQL, in its own
@@ -10,16 +11,20 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import math
 import re
 import secrets
 from dataclasses import dataclass
+from typing import Literal
 
 import sqlalchemy as sa
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from uuid_utils import uuid7
 
-from .backends import lock_for_setup
+from .backends import connection_schema, lock_for_setup
 from .errors import NotFound, PlatformError, TenantError, Unauthorized
 
 log = logging.getLogger(__name__)
@@ -29,6 +34,19 @@ SLUG_PATTERN = re.compile(r"^[a-z][a-z0-9-]{1,39}$")
 EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MIN_PASSWORD_LENGTH = 10
 BEARER_PREFIX = "mcrm_"
+#: Failed sign-ins of one e-mail address, on any tenant, that lock it out.
+MAX_FAILED_LOGINS = 5
+#: The failures that lock an address out must fall within this period.
+FAILED_LOGIN_WINDOW = dt.timedelta(minutes=15)
+#: How long a lockout lasts, counted from the failure that caused it.
+LOCKOUT_DURATION = dt.timedelta(minutes=15)
+#: Failed sign-ins older than this can no longer cause or extend a lockout,
+#: so they are deleted.
+FAILED_LOGIN_RETENTION = FAILED_LOGIN_WINDOW + LOCKOUT_DURATION
+#: How long a password-reset link works after it is created.
+RESET_TOKEN_LIFETIME = dt.timedelta(minutes=30)
+#: Random bytes in a password-reset token (256 bits).
+RESET_TOKEN_BYTES = 32
 
 metadata = sa.MetaData()
 
@@ -54,6 +72,15 @@ users = sa.Table(
     sa.Column("locale", sa.String(10), nullable=False, default="en"),
     sa.Column("is_active", sa.Boolean(), nullable=False, default=True),
     sa.Column("created_at", sa.DateTime(), nullable=False),
+    # Stored in each browser session at sign-in. Raising it ends every
+    # session signed in before, on every tenant.
+    sa.Column(
+        "session_generation",
+        sa.Integer(),
+        nullable=False,
+        default=0,
+        server_default="0",
+    ),
 )
 
 memberships = sa.Table(
@@ -81,6 +108,58 @@ api_tokens = sa.Table(
     sa.Column("created_at", sa.DateTime(), nullable=False),
     sa.Column("expires_at", sa.DateTime()),
     sa.Column("revoked_at", sa.DateTime()),
+)
+
+failed_logins = sa.Table(
+    "failed_logins",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    # The address as typed (lower-cased), whether or not a user has it.
+    sa.Column("email", sa.String(254), nullable=False, index=True),
+    sa.Column(
+        "tenant_id", sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("client_address", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.DateTime(), nullable=False, index=True),
+)
+
+password_resets = sa.Table(
+    "password_resets",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("user_id", sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column(
+        "tenant_id", sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("created_at", sa.DateTime(), nullable=False),
+    sa.Column("expires_at", sa.DateTime(), nullable=False),
+    sa.Column("used_at", sa.DateTime()),
+)
+
+#: Mail the platform would send. No mail server is configured, so an operator
+#: reads it with ``metacrm outbox list``.
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("recipient", sa.String(254), nullable=False),
+    sa.Column("subject", sa.String(255), nullable=False),
+    sa.Column("body", sa.Text(), nullable=False),
+    sa.Column("created_at", sa.DateTime(), nullable=False),
+)
+
+
+#: Browser sessions that are signed in, by the SHA-256 of their random id.
+#: Signing out deletes the row, so a copy of the cookie is useless afterwards.
+web_sessions = sa.Table(
+    "web_sessions",
+    metadata,
+    sa.Column("id_hash", sa.String(64), primary_key=True),
+    sa.Column("user_id", sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column(
+        "tenant_id", sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("created_at", sa.DateTime(), nullable=False),
 )
 
 
@@ -144,6 +223,49 @@ class Actor:
         return self.role == "admin"
 
 
+class LockedOut(Unauthorized):
+    """A sign-in rejected without a password check because the e-mail address
+    had too many recent failures."""
+
+    status = 429
+    code = "too_many_requests"
+
+    def __init__(self, until: dt.datetime, now: dt.datetime) -> None:
+        super().__init__("invalid e-mail or password: too many failed attempts")
+        self.until = until
+        self.minutes = max(1, math.ceil((until - now).total_seconds() / 60))
+
+
+class PasswordRejected(PlatformError):
+    """A new password that the password policy rejects."""
+
+    def __init__(self, problem: Literal["short", "weak"], message: str) -> None:
+        super().__init__(message)
+        self.problem = problem
+
+
+ResetProblem = Literal["unknown", "used", "expired"]
+
+
+class InvalidResetToken(PlatformError):
+    """A password-reset token that is unknown, already used or expired."""
+
+    code = "invalid_reset_token"
+
+    def __init__(self, problem: ResetProblem) -> None:
+        super().__init__(f"password-reset token is {problem}: request a new one")
+        self.problem: ResetProblem = problem
+        self.status = 404 if problem == "unknown" else 410
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    recipient: str
+    subject: str
+    body: str
+    created_at: dt.datetime
+
+
 def _tenant_from(row: sa.RowMapping) -> Tenant:
     return Tenant(
         id=row["id"],
@@ -170,6 +292,55 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+def email_digest(email: str) -> str:
+    """Return a short SHA-256 digest that names an e-mail address in logs
+    without writing the address itself."""
+    normalized = email.strip().lower().encode("utf-8")
+    return hashlib.sha256(normalized).hexdigest()[:16]
+
+
+def lockout_end(failure_times: list[dt.datetime]) -> dt.datetime | None:
+    """Return when the lockout caused by these failures ends, or None if they
+    cause none.
+
+    ``MAX_FAILED_LOGINS`` failures within ``FAILED_LOGIN_WINDOW`` lock the
+    address out until ``LOCKOUT_DURATION`` after the last of them.
+    """
+    times = sorted(failure_times)
+    ends = [
+        times[index] + LOCKOUT_DURATION
+        for index in range(MAX_FAILED_LOGINS - 1, len(times))
+        if times[index] - times[index - MAX_FAILED_LOGINS + 1] < FAILED_LOGIN_WINDOW
+    ]
+    return max(ends, default=None)
+
+
+def add_missing_columns(conn: sa.Connection) -> None:
+    """Add columns that control planes created by older versions lack.
+
+    ``create_all`` creates missing tables but never alters existing ones.
+    """
+    schema = connection_schema(conn)
+    stored = {
+        column["name"] for column in sa.inspect(conn).get_columns("users", schema)
+    }
+    if "session_generation" in stored:
+        return
+    operations = Operations(MigrationContext.configure(conn))
+    column = users.c.session_generation
+    operations.add_column(
+        "users",
+        sa.Column(
+            column.name,
+            column.type,
+            nullable=False,
+            server_default=column.server_default.arg,  # type: ignore[union-attr]
+        ),
+        schema=schema,
+    )
+    log.info("added column users.session_generation to the control plane")
+
+
 class ControlPlane:
     """Reads and writes tenants, users, memberships and tokens."""
 
@@ -184,6 +355,7 @@ class ControlPlane:
         with engine.begin() as conn:
             lock_for_setup(conn)
             metadata.create_all(conn)
+            add_missing_columns(conn)
         return cls(engine)
 
     # Tenants
@@ -243,11 +415,14 @@ class ControlPlane:
 
     def check_password_policy(self, password: str) -> None:
         if len(password) < MIN_PASSWORD_LENGTH:
-            raise PlatformError(
-                f"password too short: use at least {MIN_PASSWORD_LENGTH} characters"
+            raise PasswordRejected(
+                "short",
+                f"password too short: use at least {MIN_PASSWORD_LENGTH} characters",
             )
         if password.isdigit() or password.isalpha():
-            raise PlatformError("password too weak: mix letters with digits or symbols")
+            raise PasswordRejected(
+                "weak", "password too weak: mix letters with digits or symbols"
+            )
 
     def create_user(
         self,
@@ -280,13 +455,75 @@ class ControlPlane:
         return user_id
 
     def set_password(self, user_id: str, password: str) -> None:
+        """Set a new password and end every session of the user."""
         self.check_password_policy(password)
         with self.engine.begin() as conn:
+            self._store_password(conn, user_id, password)
+        log.info("changed the password of user %s", user_id)
+
+    def _store_password(self, conn: sa.Connection, user_id: str, password: str) -> None:
+        conn.execute(
+            users.update()
+            .where(users.c.id == user_id)
+            .values(
+                password_hash=self.hasher.hash(password),
+                session_generation=users.c.session_generation + 1,
+            )
+        )
+
+    def session_generation(self, user_id: str) -> int:
+        """Return the generation a new browser session of the user stores."""
+        with self.engine.connect() as conn:
+            generation = conn.execute(
+                sa.select(users.c.session_generation).where(users.c.id == user_id)
+            ).scalar()
+        if generation is None:
+            raise NotFound(f"user {user_id!r} not found")
+        return int(generation)
+
+    def start_web_session(self, tenant: Tenant, user_id: str) -> str:
+        """Record a new signed-in browser session and return its random id."""
+        session_id = secrets.token_urlsafe(32)
+        with self.engine.begin() as conn:
             conn.execute(
+                web_sessions.insert().values(
+                    id_hash=hash_token(session_id),
+                    user_id=user_id,
+                    tenant_id=tenant.id,
+                    created_at=utcnow(),
+                )
+            )
+        return session_id
+
+    def web_session_active(self, tenant: Tenant, user_id: str, session_id: str) -> bool:
+        query = sa.select(web_sessions.c.id_hash).where(
+            web_sessions.c.id_hash == hash_token(session_id),
+            web_sessions.c.user_id == user_id,
+            web_sessions.c.tenant_id == tenant.id,
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(query).first() is not None
+
+    def end_web_session(self, session_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                web_sessions.delete().where(
+                    web_sessions.c.id_hash == hash_token(session_id)
+                )
+            )
+
+    def end_sessions(self, user_id: str) -> None:
+        """End every browser session of the user, on every tenant."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
                 users.update()
                 .where(users.c.id == user_id)
-                .values(password_hash=self.hasher.hash(password))
+                .values(session_generation=users.c.session_generation + 1)
             )
+            conn.execute(web_sessions.delete().where(web_sessions.c.user_id == user_id))
+        if result.rowcount == 0:
+            raise NotFound(f"user {user_id!r} not found")
+        log.warning("ended every session of user %s", user_id)
 
     def set_locale(self, user_id: str, locale: str) -> None:
         with self.engine.begin() as conn:
@@ -316,8 +553,15 @@ class ControlPlane:
                 )
             )
 
-    def actor(self, tenant: Tenant, user_id: str) -> Actor | None:
-        """Return the user as a member of ``tenant``, or None if not a member."""
+    def actor(
+        self, tenant: Tenant, user_id: str, generation: int | None = None
+    ) -> Actor | None:
+        """Return the user as a member of ``tenant``, or None if not a member.
+
+        With ``generation``, also return None unless it is the user's current
+        session generation (a browser session that was signed in before the
+        last password change or "sign out everywhere").
+        """
         query = (
             sa.select(
                 users.c.id,
@@ -333,6 +577,8 @@ class ControlPlane:
                 memberships.c.tenant_id == tenant.id,
             )
         )
+        if generation is not None:
+            query = query.where(users.c.session_generation == generation)
         with self.engine.connect() as conn:
             row = conn.execute(query).mappings().first()
         if row is None:
@@ -363,33 +609,254 @@ class ControlPlane:
             user_id = conn.execute(query).scalar()
         return self.actor(tenant, user_id) if user_id else None
 
-    def authenticate(self, tenant: Tenant, email: str, password: str) -> Actor:
+    def authenticate(
+        self, tenant: Tenant, email: str, password: str, client_address: str = ""
+    ) -> Actor:
         """Return the member with these credentials or raise ``Unauthorized``.
 
         The error is the same for an unknown e-mail, a wrong password and a
-        user of another tenant.
+        user of another tenant. Each failure is recorded, and an address with
+        too many recent failures raises ``LockedOut`` before its password is
+        checked. A success clears the address's failures.
         """
-        failure = Unauthorized("invalid e-mail or password")
+        email = email.strip().lower()
+        now = utcnow()
+        until = self.locked_until(email, now)
+        if until is not None:
+            log.warning(
+                "rejected sign-in of e-mail %s to tenant %s from %s: locked out "
+                "until %s",
+                email_digest(email),
+                tenant.slug,
+                client_address or "-",
+                until.isoformat(timespec="seconds"),
+            )
+            raise LockedOut(until, now)
+        user_id = self._check_password(tenant, email, password)
+        if user_id is None:
+            self._record_failure(tenant, email, client_address, now)
+            raise Unauthorized("invalid e-mail or password")
+        actor = self.actor(tenant, user_id)
+        if actor is None:
+            self._record_failure(tenant, email, client_address, now)
+            raise Unauthorized("invalid e-mail or password")
+        self.clear_failed_logins(email)
+        return actor
+
+    def _check_password(self, tenant: Tenant, email: str, password: str) -> str | None:
+        """Return the id of the user with this e-mail and password, else None."""
         with self.engine.connect() as conn:
             row = conn.execute(
                 sa.select(users.c.id, users.c.password_hash).where(
-                    users.c.email == email.strip().lower()
+                    users.c.email == email
                 )
             ).first()
         if row is None or not row.password_hash:
             # Spend the same time as a real check so that timing does not
             # reveal which e-mail addresses exist.
             self.hasher.hash(password)
-            raise failure
+            return None
         try:
             self.hasher.verify(row.password_hash, password)
         except (VerificationError, InvalidHashError):
-            log.info("failed login for user %s on tenant %s", row.id, tenant.slug)
-            raise failure from None
-        actor = self.actor(tenant, row.id)
+            return None
+        return str(row.id)
+
+    # Failed sign-ins
+
+    def locked_until(
+        self, email: str, now: dt.datetime | None = None
+    ) -> dt.datetime | None:
+        """Return when the lockout of ``email`` ends, or None if it has none."""
+        now = now or utcnow()
+        query = sa.select(failed_logins.c.created_at).where(
+            failed_logins.c.email == email.strip().lower(),
+            failed_logins.c.created_at > now - FAILED_LOGIN_RETENTION,
+        )
+        with self.engine.connect() as conn:
+            times = list(conn.execute(query).scalars())
+        end = lockout_end(times)
+        return end if end is not None and end > now else None
+
+    def _record_failure(
+        self, tenant: Tenant, email: str, client_address: str, now: dt.datetime
+    ) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                failed_logins.delete().where(
+                    failed_logins.c.created_at <= now - FAILED_LOGIN_RETENTION
+                )
+            )
+            conn.execute(
+                failed_logins.insert().values(
+                    id=str(uuid7()),
+                    email=email,
+                    tenant_id=tenant.id,
+                    client_address=client_address[:64],
+                    created_at=now,
+                )
+            )
+        user_id = self.find_user_id(email)
+        log.warning(
+            "failed sign-in of user %s (e-mail %s) to tenant %s from %s",
+            user_id or "-",
+            email_digest(email),
+            tenant.slug,
+            client_address or "-",
+        )
+        until = self.locked_until(email, now)
+        if until is not None:
+            log.warning(
+                "locked out e-mail %s until %s after %s failed sign-ins, the last "
+                "to tenant %s from %s",
+                email_digest(email),
+                until.isoformat(timespec="seconds"),
+                MAX_FAILED_LOGINS,
+                tenant.slug,
+                client_address or "-",
+            )
+
+    def clear_failed_logins(self, email: str) -> int:
+        """Delete the failed sign-ins of ``email``, which ends any lockout, and
+        return how many there were."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                failed_logins.delete().where(
+                    failed_logins.c.email == email.strip().lower()
+                )
+            )
+        return int(result.rowcount)
+
+    # Password resets and the outbox
+
+    def request_password_reset(self, tenant: Tenant, email: str) -> bool:
+        """Create a reset token for a member of ``tenant`` and put the e-mail
+        with its link in the outbox.
+
+        Returns False, and writes nothing, if ``email`` is not an active
+        member of ``tenant``. Only the token's SHA-256 digest is stored.
+        """
+        user_id = self.find_user_id(email)
+        actor = self.actor(tenant, user_id) if user_id else None
         if actor is None:
-            raise failure
-        return actor
+            log.info(
+                "ignored password-reset request for e-mail %s on tenant %s: not "
+                "a member",
+                email_digest(email),
+                tenant.slug,
+            )
+            return False
+        token = secrets.token_urlsafe(RESET_TOKEN_BYTES)
+        now = utcnow()
+        # NOTE: the link is a path because no public base URL is configured,
+        # and building one from the request's Host header would let a client
+        # point the link at another site.
+        link = f"/t/{tenant.slug}/reset/{token}"
+        minutes = int(RESET_TOKEN_LIFETIME.total_seconds() // 60)
+        body = (
+            f"Hello {actor.name},\n\n"
+            f"someone asked to reset your password for {tenant.name}. To choose "
+            f"a new password, open this link within {minutes} minutes:\n\n"
+            f"{link}\n\n"
+            "The link works once. If you did not ask for it, ignore this e-mail: "
+            "your password stays as it is.\n"
+        )
+        with self.engine.begin() as conn:
+            conn.execute(
+                password_resets.insert().values(
+                    token_hash=hash_token(token),
+                    user_id=actor.user_id,
+                    tenant_id=tenant.id,
+                    created_at=now,
+                    expires_at=now + RESET_TOKEN_LIFETIME,
+                )
+            )
+            conn.execute(
+                outbox.insert().values(
+                    id=str(uuid7()),
+                    recipient=actor.email,
+                    subject=f"Reset your {tenant.name} password",
+                    body=body,
+                    created_at=now,
+                )
+            )
+        log.warning(
+            "created password-reset token for user %s on tenant %s",
+            actor.user_id,
+            tenant.slug,
+        )
+        return True
+
+    def check_reset_token(self, tenant: Tenant, token: str) -> str:
+        """Return the id of the user a usable reset token of ``tenant`` belongs
+        to, or raise ``InvalidResetToken``."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(password_resets).where(
+                    password_resets.c.token_hash == hash_token(token),
+                    password_resets.c.tenant_id == tenant.id,
+                )
+            ).first()
+        if row is None:
+            raise InvalidResetToken("unknown")
+        if row.used_at is not None:
+            raise InvalidResetToken("used")
+        if row.expires_at <= utcnow():
+            raise InvalidResetToken("expired")
+        return str(row.user_id)
+
+    def reset_password(self, tenant: Tenant, token: str, password: str) -> str:
+        """Set the password of a reset token's user, use up the token and
+        return the user's id.
+
+        Raises ``PasswordRejected`` for a password the policy rejects (the
+        token stays usable) and ``InvalidResetToken`` for a token that is not.
+        Every other unused token of the user is used up as well, and every
+        session of the user ends.
+        """
+        user_id = self.check_reset_token(tenant, token)
+        self.check_password_policy(password)
+        now = utcnow()
+        with self.engine.begin() as conn:
+            # The conditional update makes the token single-use even when two
+            # requests present it at the same time.
+            claimed = conn.execute(
+                password_resets.update()
+                .where(
+                    password_resets.c.token_hash == hash_token(token),
+                    password_resets.c.used_at.is_(None),
+                    password_resets.c.expires_at > now,
+                )
+                .values(used_at=now)
+            )
+            if claimed.rowcount != 1:
+                raise InvalidResetToken("used")
+            conn.execute(
+                password_resets.update()
+                .where(
+                    password_resets.c.user_id == user_id,
+                    password_resets.c.used_at.is_(None),
+                )
+                .values(used_at=now)
+            )
+            self._store_password(conn, user_id, password)
+        log.warning("reset the password of user %s on tenant %s", user_id, tenant.slug)
+        return user_id
+
+    def outbox_messages(self) -> list[OutboxMessage]:
+        """Return the outbox, oldest message first."""
+        query = sa.select(outbox).order_by(outbox.c.created_at, outbox.c.id)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [
+            OutboxMessage(
+                recipient=row["recipient"],
+                subject=row["subject"],
+                body=row["body"],
+                created_at=row["created_at"],
+            )
+            for row in rows
+        ]
 
     # API tokens
 

@@ -24,7 +24,7 @@ from flask import (
     url_for,
 )
 from flask.typing import ResponseReturnValue
-from flask_babel import gettext, refresh
+from flask_babel import gettext, ngettext, refresh
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
 
@@ -35,7 +35,14 @@ from renderers.listing import LookupChoices
 
 from .auth import actor_from_session, load_tenant, record_service, sign_in, sign_out
 from .context import get_platform
-from .control import Actor
+from .control import (
+    MIN_PASSWORD_LENGTH,
+    RESET_TOKEN_LIFETIME,
+    Actor,
+    InvalidResetToken,
+    LockedOut,
+    PasswordRejected,
+)
 from .errors import (
     BadQuery,
     Conflict,
@@ -54,7 +61,8 @@ log = logging.getLogger(__name__)
 blueprint = Blueprint("web", __name__)
 
 #: Endpoints that anyone may open. Every other tenant page needs a member.
-PUBLIC_ENDPOINTS = frozenset({"web.login"})
+PUBLIC_ENDPOINTS = frozenset({"web.login", "web.forgot_password",
+                              "web.reset_password"})
 #: Rows of each related list on a detail page.
 RELATED_LIMIT = 10
 #: Columns of a related list besides the title.
@@ -183,8 +191,10 @@ def login(tenant: str) -> ResponseReturnValue:
             email, password = forms.login_values(form)
             try:
                 actor = authenticate(runtime, email, password)
+            except LockedOut as err:
+                error = locked_out_message(err.minutes)
+                status = 429
             except Unauthorized:
-                log.info("failed sign-in to tenant %s", runtime.slug)
                 error = gettext("Invalid e-mail address or password.")
                 status = 401
             else:
@@ -197,13 +207,25 @@ def login(tenant: str) -> ResponseReturnValue:
 
 
 def authenticate(runtime: TenantRuntime, email: str, password: str) -> Actor:
-    """Return the member with these credentials or raise ``Unauthorized``.
+    """Return the member with these credentials or raise ``Unauthorized``
+    (``LockedOut`` after too many failures).
 
-    NOTE: failed sign-ins are not rate-limited.
+    NOTE: the client address logged with failures is the peer of this
+    server, which is the proxy's address when a reverse proxy sits in front.
     """
     if not email or not password or len(password) > MAX_PASSWORD_LENGTH:
         raise Unauthorized("invalid e-mail or password")
-    return get_platform().control.authenticate(runtime.tenant, email, password)
+    client_address = request.remote_addr or ""
+    return get_platform().control.authenticate(runtime.tenant, email, password,
+                                               client_address)
+
+
+def locked_out_message(minutes: int) -> str:
+    generic = gettext("Invalid e-mail address or password.")
+    advice = ngettext("Too many failed attempts: try again in %(num)d minute.",
+                      "Too many failed attempts: try again in %(num)d minutes.",
+                      minutes)
+    return f"{generic} {advice}"
 
 
 def remember_locale(user_id: str, saved: str) -> None:
@@ -239,6 +261,112 @@ def logout(tenant: str) -> ResponseReturnValue:
     sign_out(runtime)
     flash(gettext("You have signed out."), "info")
     return redirect(url_for("web.login", tenant=runtime.slug))
+
+
+@blueprint.route("/t/<tenant>/logout-everywhere", methods=["POST"])
+def logout_everywhere(tenant: str) -> ResponseReturnValue:
+    """End every browser session of the signed-in user, on every tenant."""
+    runtime: TenantRuntime = g.runtime
+    form = forms.ActionForm()
+    if not forms.csrf_valid(form):
+        flash(expired_form_message(), "danger")
+        return redirect(url_for("web.home", tenant=runtime.slug))
+    actor: Actor = g.actor
+    get_platform().control.end_sessions(actor.user_id)
+    sign_out(runtime)
+    flash(gettext("You have signed out on every device."), "info")
+    return redirect(url_for("web.login", tenant=runtime.slug))
+
+
+@blueprint.route("/t/<tenant>/forgot-password", methods=["GET", "POST"])
+def forgot_password(tenant: str) -> ResponseReturnValue:
+    """Put a reset link in the outbox for a member's e-mail address.
+
+    The page reads the same whether or not the address belongs to a member.
+    """
+    runtime: TenantRuntime = g.runtime
+    form = forms.ActionForm()
+    if request.method == "GET":
+        return render_forgot(form, None, sent=False, status=200)
+    if not forms.csrf_valid(form):
+        return render_forgot(form, expired_form_message(), sent=False, status=400)
+    email = request.form.get("email", "").strip()
+    # NOTE: requests are not rate-limited, so a client can fill a member's
+    # outbox with reset links, each of which works on its own.
+    if email and len(email) <= 254:
+        get_platform().control.request_password_reset(runtime.tenant, email)
+    return render_forgot(form, None, sent=True, status=200)
+
+
+def render_forgot(form: forms.ActionForm, error: str | None, sent: bool,
+                  status: int) -> ResponseReturnValue:
+    minutes = int(RESET_TOKEN_LIFETIME.total_seconds() // 60)
+    return render_template("crm/forgot_password.html", form=form, error=error,
+                           sent=sent, link_minutes=minutes), status
+
+
+@blueprint.route("/t/<tenant>/reset/<token>", methods=["GET", "POST"])
+def reset_password(tenant: str, token: str) -> ResponseReturnValue:
+    """Set a new password with a single-use link from a reset e-mail."""
+    runtime: TenantRuntime = g.runtime
+    control = get_platform().control
+    form = forms.ActionForm()
+    try:
+        control.check_reset_token(runtime.tenant, token)
+    except InvalidResetToken as err:
+        log.info("rejected password reset on tenant %s: token is %s",
+                 runtime.slug, err.problem)
+        return render_reset(form, token, reset_token_message(err), err.status,
+                            usable=False)
+    if request.method == "GET":
+        return render_reset(form, token, None, 200)
+    if not forms.csrf_valid(form):
+        return render_reset(form, token, expired_form_message(), 400)
+    password = request.form.get("password", "")
+    if password != request.form.get("confirm_password", ""):
+        return render_reset(form, token, gettext("The two passwords differ."), 422)
+    if len(password) > MAX_PASSWORD_LENGTH:
+        message = gettext("The password is longer than %(num)d characters.",
+                          num=MAX_PASSWORD_LENGTH)
+        return render_reset(form, token, message, 422)
+    try:
+        control.reset_password(runtime.tenant, token, password)
+    except InvalidResetToken as err:
+        return render_reset(form, token, reset_token_message(err), err.status,
+                            usable=False)
+    except PasswordRejected as err:
+        return render_reset(form, token, password_policy_message(err), 422)
+    sign_out(runtime)
+    flash(gettext("Your password has been changed. Sign in with the new "
+                  "password."), "success")
+    return redirect(url_for("web.login", tenant=runtime.slug))
+
+
+def render_reset(form: forms.ActionForm, token: str, error: str | None,
+                 status: int, usable: bool = True) -> ResponseReturnValue:
+    page = render_template("crm/reset_password.html", form=form, token=token,
+                           error=error, usable=usable)
+    # The URL contains the token, so the page must not be kept in any cache.
+    return page, status, {"Cache-Control": "no-store"}
+
+
+def reset_token_message(error: InvalidResetToken) -> str:
+    if error.problem == "used":
+        return gettext("This password-reset link has already been used. "
+                       "Ask for a new one.")
+    if error.problem == "expired":
+        return gettext("This password-reset link has expired. Ask for a new one.")
+    return gettext("This password-reset link is not valid. Check that you "
+                   "copied all of it, or ask for a new one.")
+
+
+def password_policy_message(error: PasswordRejected) -> str:
+    """Return the password policy's complaint in the user's language."""
+    if error.problem == "short":
+        return gettext("The password is too short: use at least %(num)d "
+                       "characters.", num=MIN_PASSWORD_LENGTH)
+    return gettext("The password is too weak: mix letters with digits or "
+                   "symbols.")
 
 
 def expired_form_message() -> str:
