@@ -13,7 +13,7 @@ from metadata_engine.messages import normalize_locale
 
 from .context import get_platform
 from .control import Actor
-from .errors import NotFound, Unauthorized
+from .errors import Forbidden, NotFound, Unauthorized
 from .records import RecordService
 from .tenancy import TenantRuntime
 
@@ -54,7 +54,18 @@ def authenticate_bearer(slug: str, header: str | None) -> Actor:
         raise Unauthorized("invalid, expired or revoked token")
     tenant, actor = found
     g.runtime = platform.runtime_for(tenant)
+    check_not_suspended(g.runtime)
     return actor
+
+
+def check_not_suspended(runtime: TenantRuntime) -> None:
+    """Raise ``Forbidden`` for members of a suspended tenant."""
+    if runtime.tenant.status == "suspended":
+        raise Forbidden(
+            f"tenant {runtime.slug!r} is suspended: ask the service operator to "
+            "resume it",
+            details={"tenant_status": "suspended"},
+        )
 
 
 def actor_from_session(runtime: TenantRuntime) -> Actor | None:

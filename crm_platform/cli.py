@@ -125,6 +125,36 @@ def tenant_list(data_dir: Path | None) -> None:
         )
 
 
+def _set_tenant_status(slug: str, status: str, data_dir: Path | None) -> None:
+    _, platform = open_platform(data_dir)
+    tenant_row = run_safely(lambda: platform.control.set_status(slug, status))
+    click.echo(f"tenant {tenant_row.slug} is {tenant_row.status.replace('_', '-')}")
+
+
+@tenant.command("suspend")
+@click.argument("slug")
+@data_dir_option
+def tenant_suspend(slug: str, data_dir: Path | None) -> None:
+    """Block every member of SLUG from the UI and API; data stays as it is."""
+    _set_tenant_status(slug, "suspended", data_dir)
+
+
+@tenant.command("read-only")
+@click.argument("slug")
+@data_dir_option
+def tenant_read_only(slug: str, data_dir: Path | None) -> None:
+    """Let members of SLUG read but not change records."""
+    _set_tenant_status(slug, "read_only", data_dir)
+
+
+@tenant.command("resume")
+@click.argument("slug")
+@data_dir_option
+def tenant_resume(slug: str, data_dir: Path | None) -> None:
+    """Make SLUG active again after suspend or read-only."""
+    _set_tenant_status(slug, "active", data_dir)
+
+
 @main.command()
 @click.argument("slug")
 @click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))

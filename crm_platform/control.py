@@ -29,6 +29,10 @@ from .errors import NotFound, PlatformError, TenantError, Unauthorized
 
 log = logging.getLogger(__name__)
 
+#: What a tenant's members may do: everything, only read (a lapsed
+#: subscription, a migration in progress), or nothing (suspended by an
+#: operator). Operators' CLI commands work in every status.
+TENANT_STATUSES = ("active", "read_only", "suspended")
 ROLES = ("admin", "sales_manager", "sales_rep", "service_agent", "read_only")
 SLUG_PATTERN = re.compile(r"^[a-z][a-z0-9-]{1,39}$")
 EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -402,6 +406,21 @@ class ControlPlane:
             slugs = conn.execute(sa.select(tenants.c.slug).order_by(tenants.c.slug))
             names = [slug for (slug,) in slugs]
         return [self.get_tenant(slug) for slug in names]
+
+    def set_status(self, slug: str, status: str) -> Tenant:
+        """Change a tenant's status; see ``TENANT_STATUSES``."""
+        if status not in TENANT_STATUSES:
+            raise TenantError(
+                f"unknown tenant status {status!r}: use one of "
+                + ", ".join(TENANT_STATUSES)
+            )
+        tenant = self.get_tenant(slug)
+        with self.engine.begin() as conn:
+            conn.execute(
+                tenants.update().where(tenants.c.id == tenant.id).values(status=status)
+            )
+        log.warning("tenant %s is now %s (was %s)", slug, status, tenant.status)
+        return self.get_tenant(slug)
 
     def record_metadata(self, tenant_id: str, content_hash: str, version: int) -> None:
         with self.engine.begin() as conn:

@@ -28,7 +28,7 @@ from metadata_engine.tables import build_service_tables
 from metadata_engine.validation import WRITABLE_SYSTEM_COLUMNS
 
 from .control import Actor
-from .errors import Conflict, NotFound, RecordInvalid, VersionConflict
+from .errors import Conflict, Forbidden, NotFound, RecordInvalid, VersionConflict
 from .querying import (
     ListQuery,
     check_cursor_types,
@@ -237,6 +237,7 @@ class RecordService:
     # Writes
 
     def create(self, entity_name: str, data: Mapping[str, Any]) -> dict[str, Any]:
+        self._check_writable()
         entity = self.runtime.entity(entity_name)
         values = self._load(entity, data, partial=False)
         self._fill_new(entity, values, dt.datetime.now(dt.UTC))
@@ -260,6 +261,7 @@ class RecordService:
     ) -> dict[str, Any]:
         """Change the given fields; with ``expected_version``, only if the
         record is still at that version (else ``VersionConflict``)."""
+        self._check_writable()
         entity = self.runtime.entity(entity_name)
         table = self.runtime.tables[entity_name]
         values = self._load(entity, data, partial=True)
@@ -289,6 +291,7 @@ class RecordService:
         self, entity_name: str, record_id: str, expected_version: int | None = None
     ) -> None:
         """Delete a record unless others still refer to it with ``restrict``."""
+        self._check_writable()
         self.runtime.entity(entity_name)
         table = self.runtime.tables[entity_name]
         with self.runtime.engine.begin() as conn:
@@ -323,6 +326,7 @@ class RecordService:
         matches a stored record updates it (unchanged records are left
         alone), so importing the same file twice creates nothing new.
         """
+        self._check_writable()
         entity = self.runtime.entity(entity_name)
         table = self.runtime.tables[entity_name]
         result = BatchResult()
@@ -586,6 +590,16 @@ class RecordService:
             updated_by=self.actor.user_id,
             version=1,
         )
+
+    def _check_writable(self) -> None:
+        status = self.runtime.tenant.status
+        if status != "active":
+            raise Forbidden(
+                f"tenant {self.runtime.slug!r} is {status.replace('_', '-')}: "
+                "records can be read but not changed until an operator makes it "
+                "active again",
+                details={"tenant_status": status},
+            )
 
     def _may_own(self, user_id: str) -> bool:
         if user_id == self.actor.user_id:

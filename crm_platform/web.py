@@ -33,7 +33,14 @@ from metadata_engine.model import Entity, Field
 from renderers import charts, forms, i18n, listing
 from renderers.listing import LookupChoices
 
-from .auth import actor_from_session, load_tenant, record_service, sign_in, sign_out
+from .auth import (
+    actor_from_session,
+    check_not_suspended,
+    load_tenant,
+    record_service,
+    sign_in,
+    sign_out,
+)
 from .context import get_platform
 from .control import (
     MIN_PASSWORD_LENGTH,
@@ -80,6 +87,7 @@ def load_request_context() -> ResponseReturnValue | None:
     slug = (request.view_args or {}).get("tenant")
     if slug is not None:
         runtime = load_tenant(str(slug))
+        check_not_suspended(runtime)
         actor = actor_from_session(runtime)
         if actor is not None:
             g.actor = actor
