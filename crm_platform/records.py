@@ -162,15 +162,15 @@ class RecordService:
 
     def titles(self, entity_name: str, ids: Iterable[str]) -> dict[str, str]:
         """Return the title of each record in ``ids`` that exists."""
-        wanted = {str(record_id) for record_id in ids if record_id}
-        if not wanted:
+        requested_ids = {str(record_id) for record_id in ids if record_id}
+        if not requested_ids:
             return {}
         entity = self.runtime.entity(entity_name)
         table = self.runtime.tables[entity_name]
         title = table.c[entity.title_field]
         with self.runtime.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(table.c.id, title).where(table.c.id.in_(wanted))
+                sa.select(table.c.id, title).where(table.c.id.in_(requested_ids))
             )
             return {
                 row[0]: str(row[1] if row[1] is not None else row[0]) for row in rows
@@ -372,18 +372,18 @@ class RecordService:
         result: BatchResult,
     ) -> IndexedRows:
         for field in entity.lookups:
-            wanted = {
+            target_ids = {
                 values[field.name] for _, values in loaded if values.get(field.name)
             }
-            if not wanted or not field.target:
+            if not target_ids or not field.target:
                 continue
             target = self.runtime.tables[field.target]
             found = set(
                 conn.execute(
-                    sa.select(target.c.id).where(target.c.id.in_(wanted))
+                    sa.select(target.c.id).where(target.c.id.in_(target_ids))
                 ).scalars()
             )
-            kept = []
+            valid_rows = []
             for index, values in loaded:
                 target_id = values.get(field.name)
                 if target_id and target_id not in found:
@@ -393,8 +393,8 @@ class RecordService:
                     )
                     result.errors.setdefault(index, {})[field.name] = [message]
                 else:
-                    kept.append((index, values))
-            loaded = kept
+                    valid_rows.append((index, values))
+            loaded = valid_rows
         return loaded
 
     def _existing_by_key(
