@@ -644,3 +644,124 @@ def demo(host: str, port: int, no_serve: bool, data_dir: Path | None) -> None:
     )
     if not no_serve:
         _serve(settings, platform, host, port, threads=8)
+
+
+# Archives: tenant export and import, backup and restore
+
+
+def _archive_progress(bar: Any) -> Callable[[str, int], None]:
+    def progress(entity: str, rows: int) -> None:
+        bar.set_postfix_str(entity, refresh=False)
+        bar.update(rows)
+
+    return progress
+
+
+def _write_archive(
+    slug: str, output: Path, as_email: str | None, data_dir: Path | None, kind: str
+) -> None:
+    from .archive import write_archive
+
+    _, platform = open_platform(data_dir)
+
+    def action() -> Any:
+        actor = system_actor(platform, slug, as_email)
+        with tqdm(unit="rows", desc=kind, file=sys.stderr, disable=None) as bar:
+            return write_archive(
+                platform, slug, output, actor, kind, _archive_progress(bar)
+            )
+
+    manifest = run_safely(action)
+    total = sum(manifest.counts.values())
+    click.echo(
+        f"wrote {total} records of {len(manifest.counts)} entities of tenant "
+        f"{slug} to {output}"
+    )
+
+
+@tenant.command("export")
+@click.argument("slug")
+@click.option(
+    "--output",
+    "-o",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Zip file to write the definition, records and manifest to.",
+)
+@click.option("--as", "as_email", help="E-mail of the member to export as.")
+@data_dir_option
+def tenant_export(
+    slug: str, output: Path, as_email: str | None, data_dir: Path | None
+) -> None:
+    """Write tenant SLUG's definition and every record to a zip archive."""
+    _write_archive(slug, output, as_email, data_dir, "export")
+
+
+@tenant.command("import")
+@click.argument("slug")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@data_dir_option
+def tenant_import(slug: str, file: Path, data_dir: Path | None) -> None:
+    """Create tenant SLUG from the archive FILE with every record in it.
+
+    Ids, owners, timestamps and versions are kept as archived, including
+    owner and creator ids of users this instance does not have.
+    """
+    from .archive import import_archive
+
+    _, platform = open_platform(data_dir)
+
+    def action() -> Any:
+        with tqdm(unit="rows", desc="import", file=sys.stderr, disable=None) as bar:
+            return import_archive(platform, slug, file, _archive_progress(bar))
+
+    counts = run_safely(action)
+    click.echo(
+        f"created tenant {slug} with {sum(counts.values())} records of "
+        f"{len(counts)} entities"
+    )
+
+
+@main.command()
+@click.argument("slug")
+@click.option(
+    "--output",
+    "-o",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Zip file to write the backup to.",
+)
+@click.option("--as", "as_email", help="E-mail of the member to read records as.")
+@data_dir_option
+def backup(
+    slug: str, output: Path, as_email: str | None, data_dir: Path | None
+) -> None:
+    """Back up tenant SLUG's definition, records and auto-number sequences."""
+    _write_archive(slug, output, as_email, data_dir, "backup")
+
+
+@main.command()
+@click.argument("slug")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--apply-definition",
+    is_flag=True,
+    help="Apply the archived definition first if it differs from the tenant's.",
+)
+@data_dir_option
+def restore(
+    slug: str, file: Path, apply_definition: bool, data_dir: Path | None
+) -> None:
+    """Replace every record of tenant SLUG with those in the archive FILE."""
+    from .archive import restore_archive
+
+    _, platform = open_platform(data_dir)
+
+    def action() -> Any:
+        with tqdm(unit="rows", desc="restore", file=sys.stderr, disable=None) as bar:
+            return restore_archive(
+                platform, slug, file, apply_definition, _archive_progress(bar)
+            )
+
+    counts = run_safely(action)
+    click.echo(f"restored {sum(counts.values())} records of tenant {slug}")

@@ -72,7 +72,9 @@ def plan_changes(conn: sa.Connection, metadata: sa.MetaData) -> MigrationPlan:
     inspector = sa.inspect(conn)
     existing = set(inspector.get_table_names(schema=schema))
     plan = MigrationPlan()
-    for table in metadata.sorted_tables:
+    # Name order: creation order is left to create_all, which also copes with
+    # lookups that form a cycle (sorted_tables warns about those).
+    for table in sorted(metadata.tables.values(), key=lambda table: table.name):
         if table.name not in existing:
             plan.new_tables.append(table)
             continue
