@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from metadata_engine import fieldtypes, rules
-from metadata_engine.model import Entity, Filter
+from metadata_engine.model import Entity, Field, Filter, Text
 
 from .errors import BadQuery
 
@@ -118,9 +118,8 @@ def _parse_one(entity: Entity, name: str, type_name: str, raw: str) -> Any:
         ) from err
 
 
-def _placeholder(name: str) -> Any:
-    from metadata_engine.model import Field, Text
-
+def _placeholder(name: str) -> Field:
+    """Return a field standing for a system column, for the text parsers."""
     return Field(name=name, type=SYSTEM_TYPES[name], label=Text.of(name))
 
 

@@ -30,6 +30,7 @@ from metadata_engine.validation import WRITABLE_SYSTEM_COLUMNS
 from .control import Actor
 from .errors import Conflict, Forbidden, NotFound, RecordInvalid, VersionConflict
 from .querying import (
+    Condition,
     ListQuery,
     check_cursor_types,
     compile_condition,
@@ -230,7 +231,7 @@ class RecordService:
         lists = []
         for entity, field in self.runtime.definition.referencing(entity_name):
             query = ListQuery(limit=limit, count=True)
-            query.conditions.append(_eq(field.name, record_id))
+            query.conditions.append(Condition(field.name, "eq", record_id))
             lists.append(RelatedList(entity, field, self.list(entity.name, query)))
         return lists
 
@@ -757,12 +758,6 @@ def _is_read_only(entity: Entity, key: str) -> bool:
     if key in SYSTEM_COLUMNS:
         return key not in WRITABLE_SYSTEM_COLUMNS
     return entity.has_field(key) and not entity.field(key).writable
-
-
-def _eq(name: str, value: Any) -> Any:
-    from .querying import Condition
-
-    return Condition(name, "eq", value)
 
 
 def _default_value(field: Field) -> Any:
