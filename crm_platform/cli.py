@@ -89,7 +89,7 @@ def validate(path: Path) -> None:
 
 @main.group()
 def tenant() -> None:
-    """Create and list tenants."""
+    """Create, list, suspend, export and import tenants."""
 
 
 @tenant.command("create")
