@@ -20,6 +20,7 @@ from tqdm import tqdm
 from metadata_engine.errors import DefinitionError
 from metadata_engine.loader import load_definition
 
+from .billing import check_seat_available
 from .config import Settings, load_settings
 from .control import ROLES, Actor
 from .errors import PlatformError
@@ -430,6 +431,10 @@ def user_create(
 
     def action() -> str:
         tenant_row = platform.control.get_tenant(slug)
+        if existing is None:
+            # Check the seats first, so a full tenant leaves no user behind.
+            with platform.control.engine.connect() as conn:
+                check_seat_available(conn, tenant_row)
         user_id = existing or platform.control.create_user(
             email, password, name, locale
         )
@@ -513,6 +518,26 @@ def user_reset_password(slug: str, email: str, data_dir: Path | None) -> None:
         "'metacrm outbox list'"
     )
 
+
+@user.command("remove")
+@click.argument("slug")
+@click.argument("email")
+@data_dir_option
+def user_remove(slug: str, email: str, data_dir: Path | None) -> None:
+    """Remove member EMAIL from SLUG, which frees a seat.
+
+    The user's browser sessions and API tokens on SLUG end; the user and
+    their memberships of other tenants stay.
+    """
+    _, platform = open_platform(data_dir)
+
+    def action() -> None:
+        user_id = member_id(platform, slug, email)
+        tenant_row = platform.control.get_tenant(slug)
+        platform.control.remove_member(tenant_row, user_id)
+
+    run_safely(action)
+    click.echo(f"{email} is no longer a member of {slug}")
 
 @main.group()
 def outbox() -> None:
@@ -765,3 +790,201 @@ def restore(
 
     counts = run_safely(action)
     click.echo(f"restored {sum(counts.values())} records of tenant {slug}")
+
+
+# Plans, subscriptions and billing
+
+
+@main.group()
+def plan() -> None:
+    """Create and list subscription plans."""
+
+
+@plan.command("create")
+@click.argument("code")
+@click.option("--name", required=True, help="Display name of the plan.")
+@click.option(
+    "--seats",
+    required=True,
+    type=int,
+    help="Seats a subscription to the plan pays for unless it sets its own.",
+)
+@click.option(
+    "--record-quota", type=int, help="Records a tenant may store [default: no limit]."
+)
+@click.option(
+    "--feature",
+    "features",
+    multiple=True,
+    help="Name of a feature the plan includes; repeat for more.",
+)
+@data_dir_option
+def plan_create(
+    code: str,
+    name: str,
+    seats: int,
+    record_quota: int | None,
+    features: tuple[str, ...],
+    data_dir: Path | None,
+) -> None:
+    """Create plan CODE."""
+    from .billing import create_plan
+
+    _, platform = open_platform(data_dir)
+    created = run_safely(
+        lambda: create_plan(
+            platform.control, code, name, seats, record_quota, features
+        )
+    )
+    click.echo(f"created plan {created.code} with {created.seats} seats")
+
+
+@plan.command("list")
+@data_dir_option
+def plan_list(data_dir: Path | None) -> None:
+    """List plans: code, seats, record quota, features and name."""
+    from .billing import list_plans
+
+    _, platform = open_platform(data_dir)
+    for item in list_plans(platform.control):
+        quota = "-" if item.record_quota is None else str(item.record_quota)
+        features = ",".join(item.features) or "-"
+        click.echo(f"{item.code}\t{item.seats}\t{quota}\t{features}\t{item.name}")
+
+
+@main.group()
+def subscription() -> None:
+    """Set and show the subscriptions of tenants."""
+
+
+@subscription.command("set")
+@click.argument("slug")
+@click.argument("plan_code", metavar="PLAN")
+@click.option("--seats", type=int, help="Seats paid for [default: the plan's].")
+@click.option(
+    "--until", "until", required=True, help="Last paid day, as YYYY-MM-DD."
+)
+@click.option(
+    "--grace-days",
+    type=int,
+    default=14,
+    show_default=True,
+    help="Days after --until before the billing run makes the tenant read-only.",
+)
+@data_dir_option
+def subscription_set(
+    slug: str,
+    plan_code: str,
+    seats: int | None,
+    until: str,
+    grace_days: int,
+    data_dir: Path | None,
+) -> None:
+    """Subscribe SLUG to PLAN, or renew its subscription.
+
+    A tenant that a lapsed subscription made read-only becomes active again.
+    """
+    from .billing import parse_day, set_subscription
+
+    _, platform = open_platform(data_dir)
+
+    def action() -> Any:
+        period_end = parse_day(until, "--until")
+        return set_subscription(
+            platform.control, slug, plan_code, period_end, seats, grace_days
+        )
+
+    result = run_safely(action)
+    status = platform.control.get_tenant(slug).status.replace("_", "-")
+    click.echo(
+        f"tenant {slug} subscribes to {result.plan_code} with {result.seats} "
+        f"seats until {result.period_end.isoformat()}; the tenant is {status}"
+    )
+
+
+@subscription.command("show")
+@click.argument("slug")
+@data_dir_option
+def subscription_show(slug: str, data_dir: Path | None) -> None:
+    """Print the subscription of SLUG and its seats in use."""
+    from .billing import get_subscription
+
+    _, platform = open_platform(data_dir)
+    result = run_safely(lambda: get_subscription(platform.control, slug))
+    click.echo(f"tenant:      {slug}")
+    click.echo(f"plan:        {result.plan_code}")
+    click.echo(f"status:      {result.status}")
+    click.echo(f"seats:       {result.seats_used} of {result.seats} in use")
+    click.echo(f"paid until:  {result.period_end.isoformat()}")
+    click.echo(
+        f"grace:       {result.grace_days} days, until "
+        f"{result.lapses_after.isoformat()}"
+    )
+
+
+@main.group()
+def billing() -> None:
+    """Record seat-days and lapse unpaid subscriptions."""
+
+
+@billing.command("run")
+@click.option(
+    "--date", "day", help="Billing day, as YYYY-MM-DD [default: today in UTC]."
+)
+@data_dir_option
+def billing_run(day: str | None, data_dir: Path | None) -> None:
+    """Record the day's seats of every subscribed tenant, and make tenants
+    whose grace period is over read-only.
+
+    Running it again for the same day replaces that day's counts.
+    """
+    from .billing import parse_day, run_billing
+
+    _, platform = open_platform(data_dir)
+
+    def action() -> Any:
+        today = dt.datetime.now(dt.UTC).date()
+        billing_day = parse_day(day, "--date") if day else today
+        return billing_day, run_billing(platform.control, billing_day)
+
+    billing_day, results = run_safely(action)
+    for result in results:
+        lapsed = "\tlapsed, now read-only" if result.lapsed else ""
+        click.echo(
+            f"{result.tenant_slug}\t{result.seats_used} of {result.seats_paid} "
+            f"seats{lapsed}"
+        )
+    click.echo(f"recorded {billing_day.isoformat()} for {len(results)} subscriptions")
+
+
+@billing.command("seat-days")
+@click.argument("slug")
+@click.option("--from", "first", required=True, help="First day, as YYYY-MM-DD.")
+@click.option("--to", "last", required=True, help="Last day, as YYYY-MM-DD.")
+@data_dir_option
+def billing_seat_days(
+    slug: str, first: str, last: str, data_dir: Path | None
+) -> None:
+    """Print the recorded seat-days of SLUG from --from to --to, both
+    included, and their totals."""
+    from .billing import list_seat_days, parse_day
+
+    _, platform = open_platform(data_dir)
+
+    def action() -> Any:
+        return list_seat_days(
+            platform.control,
+            slug,
+            parse_day(first, "--from"),
+            parse_day(last, "--to"),
+        )
+
+    rows = run_safely(action)
+    click.echo("day\tused\tpaid")
+    for row in rows:
+        click.echo(f"{row.day.isoformat()}\t{row.seats_used}\t{row.seats_paid}")
+    used = sum(row.seats_used for row in rows)
+    paid = sum(row.seats_paid for row in rows)
+    click.echo(
+        f"total: {paid} paid seat-days, {used} used, over {len(rows)} recorded days"
+    )

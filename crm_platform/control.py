@@ -167,6 +167,48 @@ web_sessions = sa.Table(
 )
 
 
+#: Subscription plans an operator sells: a default seat count, an optional
+#: record quota and the names of the features the plan includes.
+plans = sa.Table(
+    "plans",
+    metadata,
+    sa.Column("code", sa.String(40), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("seats", sa.Integer(), nullable=False),
+    sa.Column("record_quota", sa.Integer()),
+    sa.Column("features", sa.JSON(), nullable=False),
+)
+
+#: A tenant's paid seats and paid period. A tenant without a row has no seat
+#: limit. See ``crm_platform.billing``.
+subscriptions = sa.Table(
+    "subscriptions",
+    metadata,
+    sa.Column(
+        "tenant_id", sa.ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("plan_code", sa.ForeignKey("plans.code"), nullable=False),
+    sa.Column("seats", sa.Integer(), nullable=False),
+    sa.Column("period_end", sa.Date(), nullable=False),
+    sa.Column(
+        "grace_days", sa.Integer(), nullable=False, default=14, server_default="14"
+    ),
+    # "active" or "lapsed"
+    sa.Column("status", sa.String(20), nullable=False, default="active"),
+)
+
+#: Seats in use and seats paid, one row per subscribed tenant and billing day.
+seat_days = sa.Table(
+    "seat_days",
+    metadata,
+    sa.Column(
+        "tenant_id", sa.ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("day", sa.Date(), primary_key=True),
+    sa.Column("seats_used", sa.Integer(), nullable=False),
+    sa.Column("seats_paid", sa.Integer(), nullable=False),
+)
+
 #: The tenant and member a token belongs to. It runs on every API request, so
 #: it is built once, and one query returns both the tenant row and the user.
 _TOKEN_QUERY = (
@@ -557,20 +599,62 @@ class ControlPlane:
             ).scalar()
 
     def add_member(self, tenant: Tenant, user_id: str, role: str) -> None:
+        """Make the user a member of ``tenant`` with ``role``, or change the
+        role of an existing member.
+
+        A new member of a subscribed tenant whose seats are all in use raises
+        ``PlatformError``.
+        """
+        # Imported here because billing imports this module's tables.
+        from .billing import check_seat_available
+
         if role not in ROLES:
             raise PlatformError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
         with self.engine.begin() as conn:
-            conn.execute(
+            removed = conn.execute(
                 memberships.delete().where(
                     memberships.c.tenant_id == tenant.id,
                     memberships.c.user_id == user_id,
                 )
             )
+            if removed.rowcount == 0:
+                check_seat_available(conn, tenant)
             conn.execute(
                 memberships.insert().values(
                     tenant_id=tenant.id, user_id=user_id, role=role
                 )
             )
+
+    def remove_member(self, tenant: Tenant, user_id: str) -> None:
+        """End the user's membership of ``tenant``, and revoke the user's
+        browser sessions and API tokens there."""
+        with self.engine.begin() as conn:
+            removed = conn.execute(
+                memberships.delete().where(
+                    memberships.c.tenant_id == tenant.id,
+                    memberships.c.user_id == user_id,
+                )
+            )
+            if removed.rowcount == 0:
+                raise NotFound(
+                    f"user {user_id!r} is not a member of tenant {tenant.slug!r}"
+                )
+            conn.execute(
+                web_sessions.delete().where(
+                    web_sessions.c.tenant_id == tenant.id,
+                    web_sessions.c.user_id == user_id,
+                )
+            )
+            conn.execute(
+                api_tokens.update()
+                .where(
+                    api_tokens.c.tenant_id == tenant.id,
+                    api_tokens.c.user_id == user_id,
+                    api_tokens.c.revoked_at.is_(None),
+                )
+                .values(revoked_at=utcnow())
+            )
+        log.warning("removed user %s from tenant %s", user_id, tenant.slug)
 
     def actor(
         self, tenant: Tenant, user_id: str, generation: int | None = None
