@@ -29,7 +29,7 @@ from .errors import NotFound, PlatformError, TenantError, Unauthorized
 
 log = logging.getLogger(__name__)
 
-#: What a tenant's members may do: everything, only read (a lapsed
+#: Tenant statuses: members may do everything, only read (a lapsed
 #: subscription, a migration in progress), or nothing (suspended by an
 #: operator). Operators' CLI commands work in every status.
 TENANT_STATUSES = ("active", "read_only", "suspended")

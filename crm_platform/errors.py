@@ -32,7 +32,7 @@ class Unauthorized(PlatformError):
 
 
 class Forbidden(PlatformError):
-    """Raised when the user may not do what the request asks."""
+    """Raised when the user is not allowed to perform the requested action."""
 
     status = 403
     code = "forbidden"

@@ -38,7 +38,7 @@ _TYPE_FAMILIES: dict[str, str] = {
     "BOOLEAN": "boolean", "DATE": "date", "DATETIME": "datetime",
     "TIMESTAMP": "datetime", "JSON": "json",
 }
-_LONGEST_FIRST = sorted(_TYPE_FAMILIES, key=len, reverse=True)
+_KEYS_BY_LENGTH = sorted(_TYPE_FAMILIES, key=len, reverse=True)
 
 
 @dataclass
@@ -59,7 +59,7 @@ def _family(type_: sa.types.TypeEngine[Any], dialect: sa.Dialect) -> str:
     if isinstance(type_, sa.types.TypeDecorator):
         type_ = type_.load_dialect_impl(dialect)
     name = type(type_).__name__.upper()
-    for key in _LONGEST_FIRST:
+    for key in _KEYS_BY_LENGTH:
         if key in name:
             return _TYPE_FAMILIES[key]
     return name.lower()
@@ -79,8 +79,8 @@ def plan_changes(conn: sa.Connection, metadata: sa.MetaData) -> MigrationPlan:
             plan.new_tables.append(table)
             continue
         _plan_table(inspector, schema, table, plan)
-    wanted = set(metadata.tables)
-    for name in sorted(existing - wanted):
+    defined = set(metadata.tables)
+    for name in sorted(existing - defined):
         if name.startswith(TABLE_PREFIX):
             plan.unsafe.append(
                 f"entity {name[len(TABLE_PREFIX):]!r} exists in the database but "
@@ -104,11 +104,11 @@ def _plan_table(
             continue
         dialect = inspector.bind.dialect
         stored_family = _family(stored[column.name]["type"], dialect)
-        wanted_family = _family(column.type, dialect)
-        if stored_family != wanted_family:
+        defined_family = _family(column.type, dialect)
+        if stored_family != defined_family:
             plan.unsafe.append(
                 f"field {column.name!r} of entity {entity!r} is stored as "
-                f"{stored_family} but defined as {wanted_family}; changing a "
+                f"{stored_family} but defined as {defined_family}; changing a "
                 "field's type is not supported yet, so add a new field instead"
             )
     for name in sorted(set(stored) - {column.name for column in table.columns}):

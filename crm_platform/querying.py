@@ -146,9 +146,11 @@ def parse_list_query(
                     f"too many filters: more than {MAX_CONDITIONS}; combine "
                     "values with the in operator (field__in=a,b,c)"
                 )
+
     if "sort" in args and args["sort"] and args["sort"][-1]:
         query.sort = [part.strip() for part in args["sort"][-1].split(",") if part]
     check_sort(entity, query.sort)
+
     query.limit = _parse_int(args, "limit", default_limit, 1, MAX_LIMIT)
     query.offset = _parse_int(args, "offset", 0, 0, 10**9)
     if args.get("page") and args["page"][-1]:
@@ -156,6 +158,7 @@ def parse_list_query(
         query.offset = (page - 1) * query.limit
     if args.get("cursor") and args["cursor"][-1]:
         query.cursor = args["cursor"][-1]
+
     if args.get("q") and args["q"][-1].strip():
         query.search = args["q"][-1].strip()[:MAX_FILTER_VALUE]
     count_values = args.get("count") or ["false"]
@@ -342,8 +345,9 @@ def keyset_after(
 ) -> sa.ColumnElement[bool]:
     """Return the predicate for rows after ``values`` in ``sort`` order.
 
-    ``sort`` ends with the tie-breaking ``id``. ``nulls_high`` says where the
-    database puts NULL: PostgreSQL sorts it above every value, SQLite below.
+    ``sort`` ends with the tie-breaking ``id``. ``nulls_high`` is True where the
+    database sorts NULL above every value (PostgreSQL) and False where it
+    sorts NULL below (SQLite).
     """
     clauses = []
     equal_so_far: list[sa.ColumnElement[bool]] = []

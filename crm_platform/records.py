@@ -106,13 +106,17 @@ class RecordService:
     # Reads
 
     def list(self, entity_name: str, query: ListQuery) -> Page:
+        """Return one page of records matching ``query``, in its sort order
+        with ``id`` as the last tie-breaker, so cursors are stable."""
         entity = self.runtime.entity(entity_name)
         table = self.runtime.tables[entity_name]
         where = self._where(entity, table, query)
+
         sort = [*query.sort]
         if not any(key.removeprefix("-") == "id" for key in sort):
             first_descending = sort[0].startswith("-") if sort else True
             sort.append("-id" if first_descending else "id")
+
         statement = sa.select(table).where(*where)
         if query.cursor:
             values = decode_cursor(query.cursor, len(sort))
@@ -126,12 +130,14 @@ class RecordService:
         statement = statement.order_by(*order).limit(query.limit + 1)
         if query.offset and not query.cursor:
             statement = statement.offset(query.offset)
+
         with self.runtime.engine.connect() as conn:
             rows = [dict(row) for row in conn.execute(statement).mappings()]
             total = None
             if query.count:
                 counter = sa.select(sa.func.count()).select_from(table).where(*where)
                 total = conn.execute(counter).scalar_one()
+
         next_cursor = None
         if len(rows) > query.limit:
             rows = rows[: query.limit]
@@ -661,10 +667,11 @@ class RecordService:
     ) -> sa.CursorResult[Any]:
         """Run one write, turning constraint errors into field errors.
 
-        Lookups are enforced by foreign keys; only when one fails are the
-        targets looked up, on a fresh connection because PostgreSQL aborts
-        the failed transaction, to say which field points nowhere. No
-        savepoint is taken: the error ends the whole transaction anyway.
+        Lookups are enforced by foreign keys. Only when one fails are the
+        targets looked up, to name the field that points nowhere. That query
+        uses a fresh connection, because PostgreSQL aborts the failed
+        transaction. No savepoint is taken, since the error ends the whole
+        transaction anyway.
         """
         try:
             return conn.execute(statement)

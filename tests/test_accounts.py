@@ -283,7 +283,7 @@ def test_reset_token_of_other_tenant(
 def test_reset_token_stored_hashed(
     client: FlaskClient, platform: Platform, admin: object, settings: Settings
 ) -> None:
-    """Only the outbox's copy of the mail holds the raw token, in its link."""
+    """Only the outbox's copy of the mail contains the raw token, in its link."""
     request_reset(client)
     token = last_reset_token(platform)
     platform.dispose()

@@ -268,7 +268,7 @@ def tenure_of(data_dir: Path, record_id: str) -> int:
 @pytest.mark.slow
 def test_demo_twice_then_serve(tmp_path: Path) -> None:
     """The README's main job: demo sets up real data, reruns change nothing,
-    and the server answers the printed token."""
+    and the server accepts the printed token."""
     data_dir = tmp_path / "demo-data"
     env = {**os.environ, "METACRM_DATA_DIR": str(data_dir)}
     command = [sys.executable, "-m", "crm_platform", "demo"]

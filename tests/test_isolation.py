@@ -56,7 +56,7 @@ UNSCOPED_ENDPOINTS = frozenset({
     "web.index",
 })
 #: Methods the walks leave out: HEAD runs the GET view without a body, and
-#: Flask answers OPTIONS without running a view.
+#: Flask replies to OPTIONS without running a view.
 IGNORED_METHODS = frozenset({"HEAD", "OPTIONS"})
 #: Headers that may differ between two otherwise equal responses.
 VOLATILE_HEADERS = frozenset({"x-request-id", "set-cookie"})
