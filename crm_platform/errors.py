@@ -89,3 +89,12 @@ class UnsafeChange(TenantError):
 
     status = 409
     code = "unsafe_change"
+
+
+class LimitReached(PlatformError):
+    """Raised when a write would go past what the tenant's plan allows: its
+    record quota, its paid seats, or a feature the plan does not include.
+    ``details`` names the limit and its value."""
+
+    status = 403
+    code = "plan_limit"
