@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import base64
+import logging
 import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+log = logging.getLogger(__name__)
+
 DEFAULT_DATA_DIR = "metacrm-data"
+#: Comma-separated ``id:base64key`` entries; the first key encrypts.
+ENCRYPTION_KEYS_ENV = "METACRM_ENCRYPTION_KEYS"
+#: Key file in the data directory, used when the variable is not set.
+ENCRYPTION_KEYS_FILE = "encryption_keys"
+#: Id of the key created in that file.
+LOCAL_KEY_ID = "local"
 #: Largest request body the app accepts, in bytes.
 DEFAULT_MAX_CONTENT_LENGTH = 2 * 1024 * 1024
+#: Days a closed tenant keeps its data before it may be purged.
+DEFAULT_RETENTION_DAYS = 30
 
 
 @dataclass(frozen=True)
@@ -26,6 +38,11 @@ class Settings:
     #: None, they are SQLite files in ``data_dir``. Left out of ``repr`` because
     #: the URL may contain a password.
     database_url: str | None = field(default=None, repr=False)
+    #: Field encryption keys as ``METACRM_ENCRYPTION_KEYS`` writes them. When
+    #: None, that variable or the data directory's key file is read.
+    encryption_keys: str | None = field(default=None, repr=False)
+    #: Days between closing a tenant and the earliest purge of its data.
+    retention_days: int = DEFAULT_RETENTION_DAYS
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -64,7 +81,25 @@ def load_settings(data_dir: str | os.PathLike[str] | None = None) -> Settings:
     )
     database_url = os.environ.get("METACRM_DATABASE_URL", "").strip() or None
     return Settings(data_dir=path, secret_key=secret, max_content_length=max_length,
-                    database_url=database_url)
+                    database_url=database_url,
+                    retention_days=_retention_days_from_environment())
+
+
+def _retention_days_from_environment() -> int:
+    raw = os.environ.get("METACRM_RETENTION_DAYS", "").strip()
+    if not raw:
+        return DEFAULT_RETENTION_DAYS
+    try:
+        days = int(raw)
+    except ValueError as err:
+        raise ValueError(
+            f"invalid METACRM_RETENTION_DAYS {raw!r}: use a whole number of days"
+        ) from err
+    if days < 0:
+        raise ValueError(
+            f"invalid METACRM_RETENTION_DAYS {raw!r}: use 0 or more days"
+        )
+    return days
 
 
 def _read_or_create_secret(data_dir: Path) -> str:
@@ -76,3 +111,47 @@ def _read_or_create_secret(data_dir: Path) -> str:
     with os.fdopen(descriptor, "w", encoding="ascii") as handle:
         handle.write(secret)
     return secret
+
+
+def encryption_keys(settings: Settings) -> tuple[str, str]:
+    """Return the field encryption keys and where they came from.
+
+    The keys are ``settings.encryption_keys``, else ``METACRM_ENCRYPTION_KEYS``,
+    else the file ``encryption_keys`` in the data directory, which is created
+    with one new key and mode 0600 on first use.
+    """
+    if settings.encryption_keys:
+        return settings.encryption_keys, "Settings.encryption_keys"
+    configured = os.environ.get(ENCRYPTION_KEYS_ENV, "").strip()
+    if configured:
+        return configured, ENCRYPTION_KEYS_ENV
+    key_file = settings.data_dir / ENCRYPTION_KEYS_FILE
+    if key_file.exists():
+        log.info("%s is not set: using the key file %s", ENCRYPTION_KEYS_ENV, key_file)
+        return key_file.read_text(encoding="ascii").strip(), str(key_file)
+    return _create_key_file(key_file), str(key_file)
+
+
+def _create_key_file(key_file: Path) -> str:
+    """Write a new key to ``key_file`` with mode 0600 and warn that
+    production should set ``METACRM_ENCRYPTION_KEYS`` instead."""
+    key = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode("ascii")
+    text = f"{LOCAL_KEY_ID}:{key}"
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        # Another process created the file since the check above.
+        return key_file.read_text(encoding="ascii").strip()
+    with os.fdopen(descriptor, "w", encoding="ascii") as handle:
+        handle.write(text + "\n")
+    log.warning(
+        "%s is not set, so sensitive fields are encrypted with the new key file "
+        "%s (key id %s). In production, set %s and keep the keys outside the "
+        "data directory",
+        ENCRYPTION_KEYS_ENV,
+        key_file,
+        LOCAL_KEY_ID,
+        ENCRYPTION_KEYS_ENV,
+    )
+    return text

@@ -184,6 +184,7 @@ def _parse_int(
 
 def check_operator(entity: Entity, name: str, op: str) -> None:
     type_name = field_type(entity, name)
+    reject_sensitive(entity, name, "filter on")
     allowed = fieldtypes.get(type_name).operators
     if op not in allowed:
         raise BadQuery(
@@ -197,10 +198,22 @@ def check_sort(entity: Entity, sort: Iterable[str]) -> None:
     for key in sort:
         name = key.removeprefix("-")
         type_name = field_type(entity, name)
+        reject_sensitive(entity, name, "sort by")
         if not fieldtypes.get(type_name).sortable:
             raise BadQuery(
                 f"cannot sort by {name!r}: fields of type {type_name} are not sortable"
             )
+
+
+def reject_sensitive(entity: Entity, name: str, action: str) -> None:
+    """Raise ``BadQuery`` if ``name`` is a sensitive field: the database
+    stores its values encrypted, so it cannot compare or order them."""
+    if entity.has_field(name) and entity.field(name).sensitive:
+        raise BadQuery(
+            f"cannot {action} field {name!r}: it is sensitive and stored "
+            f"encrypted, so lists cannot {action} it; use another field",
+            details={"field": name},
+        )
 
 
 def conditions_from_filters(

@@ -21,20 +21,57 @@ from metadata_engine.validation import WRITABLE_SYSTEM_COLUMNS
 from .querying import SYSTEM_TYPES
 
 DECIMAL_TYPES = frozenset({"decimal", "currency", "percent"})
+#: Text that replaces the hidden part of a masked value.
+MASK = "••••"
+#: Characters at the end of a masked value that stay visible.
+MASK_VISIBLE_TAIL = 4
 #: Scale of a decimal field that declares none (metadata format version 1).
 DEFAULT_SCALE = 2
 
 
-def record_to_json(entity: Entity, record: Mapping[str, Any]) -> dict[str, Any]:
-    """Return a stored record as JSON values: system columns, then fields."""
+def record_to_json(
+    entity: Entity, record: Mapping[str, Any], role: str | None = None
+) -> dict[str, Any]:
+    """Return a stored record as JSON values: system columns, then fields.
+
+    Sensitive fields are masked unless ``role`` is one of their unmasked
+    roles; without a role every sensitive field is masked.
+    """
     result: dict[str, Any] = {}
     for name in SYSTEM_COLUMNS:
         if name in record:
             result[name] = system_value_to_json(record[name])
     for field in entity.fields:
         if field.name in record:
-            result[field.name] = value_to_json(field, record[field.name])
+            value = visible_value(field, record[field.name], role)
+            result[field.name] = value_to_json(field, value)
     return result
+
+
+def mask_text(value: str) -> str:
+    """Return ``•••• 1234``: only the last four characters of ``value``, or
+    only the mask when it has four characters or fewer."""
+    if len(value) <= MASK_VISIBLE_TAIL:
+        return MASK
+    return f"{MASK} {value[-MASK_VISIBLE_TAIL:]}"
+
+
+def visible_value(field: Field, value: Any, role: str | None) -> Any:
+    """Return ``value`` as a member with ``role`` may see it."""
+    if value is None or value == "" or not field.masked_for(role):
+        return value
+    return mask_text(str(value))
+
+
+def mask_record(
+    entity: Entity, record: Mapping[str, Any], role: str | None
+) -> dict[str, Any]:
+    """Return a copy of ``record`` with the values ``role`` may not see masked."""
+    masked = dict(record)
+    for field in entity.fields:
+        if field.sensitive and field.name in masked:
+            masked[field.name] = visible_value(field, masked[field.name], role)
+    return masked
 
 
 def system_value_to_json(value: Any) -> Any:
@@ -142,10 +179,14 @@ def field_to_json(field: Field, locale: str) -> dict[str, Any]:
         "read_only": not field.writable,
         "unique": field.unique,
         "searchable": field.searchable,
-        "sortable": converter.sortable,
-        "operators": list(converter.operators),
+        "sortable": converter.sortable and not field.sensitive,
+        "operators": [] if field.sensitive else list(converter.operators),
         "default": default_to_json(field),
+        "sensitive": field.sensitive,
+        "personal": field.personal,
     }
+    if field.sensitive:
+        description["unmasked_roles"] = list(field.unmasked_roles)
     optional = {
         "max_length": field.max_length,
         "pattern": field.pattern,

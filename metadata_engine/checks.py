@@ -13,7 +13,7 @@ from typing import Any
 
 from metadata_engine import rules
 from metadata_engine.errors import Problem
-from metadata_engine.field_checks import check_field
+from metadata_engine.field_checks import check_field, check_sensitive
 from metadata_engine.layout_checks import (
     EntityFields,
     Report,
@@ -155,9 +155,11 @@ def _check_entity(
             by_name[name] = field
         _check_name(report, f"{pointer}/name", name, "field")
         check_field(report, pointer, field, known)
+        check_sensitive(report, pointer, entity["name"], field)
     fields = EntityFields(entity["name"], by_name, skipped)
     _check_title_field(report, entity["title_field"], fields)
     check_indexes(report, entity, fields)
+    _check_sensitive_uses(report, entity, by_name)
     if "form" in entity:
         check_form(report, entity["form"], fields)
     view_names: set[str] = set()
@@ -191,3 +193,62 @@ def _check_title_field(report: Report, title: str, fields: EntityFields) -> None
             f"title field {title!r} has type {field_type!r}, which cannot be a title",
             "use a field of type " + ", ".join(sorted(rules.TITLE_TYPES)),
         )
+
+
+def _check_sensitive_uses(
+    report: Report, entity: Document, by_name: Mapping[str, Document]
+) -> None:
+    """Report a sensitive field used where the database would have to read
+    its plaintext: the title, an index, a saved sort or filter."""
+    sensitive = {name for name, field in by_name.items() if field.get("sensitive")}
+    if not sensitive:
+        return
+    entity_name = entity["name"]
+    title = entity["title_field"]
+    if title in sensitive:
+        report(
+            "/title_field",
+            f"title field {entity_name + '.' + title!r} is sensitive, so every "
+            "lookup and link would show its value",
+            "choose a title field that is not sensitive",
+        )
+    for kind, noun in (("indexes", "index"), ("unique", "unique constraint")):
+        for index, item in enumerate(entity.get(kind, [])):
+            for position, name in enumerate(item["fields"]):
+                if name in sensitive:
+                    report(
+                        f"/{kind}/{index}/fields/{position}",
+                        f"{noun} contains sensitive field "
+                        f"{entity_name + '.' + name!r}, whose encrypted values "
+                        "cannot be indexed or compared",
+                        f"remove {name!r} from the {noun}",
+                    )
+    for index, view in enumerate(entity.get("list_views", [])):
+        _check_view_uses(report, f"/list_views/{index}", entity_name, view, sensitive)
+
+
+def _check_view_uses(
+    report: Report,
+    pointer: str,
+    entity_name: str,
+    view: Document,
+    sensitive: Collection[str],
+) -> None:
+    for index, key in enumerate(view.get("sort", [])):
+        name = key.removeprefix("-")
+        if name in sensitive:
+            report(
+                f"{pointer}/sort/{index}",
+                f"list view {view['name']!r} sorts by sensitive field "
+                f"{entity_name + '.' + name!r}, whose stored values are encrypted",
+                "sort by a field that is not sensitive",
+            )
+    for index, condition in enumerate(view.get("filters", [])):
+        if condition["field"] in sensitive:
+            report(
+                f"{pointer}/filters/{index}/field",
+                f"list view {view['name']!r} filters on sensitive field "
+                f"{entity_name + '.' + condition['field']!r}, whose stored values are "
+                "encrypted",
+                "filter on a field that is not sensitive",
+            )

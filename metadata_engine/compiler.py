@@ -13,6 +13,7 @@ from typing import Any
 from metadata_engine import rules, values
 from metadata_engine.merge import MANIFEST_KEY
 from metadata_engine.model import (
+    DEFAULT_UNMASKED_ROLES,
     FORM_MODES,
     Definition,
     Entity,
@@ -95,7 +96,7 @@ def _optional_text(value: Any, locale: str) -> Text | None:
 def _compile_entity(document: Mapping[str, Any], locale: str) -> Entity:
     name = document["name"]
     label = _text(document["label"], locale)
-    fields = tuple(_compile_field(doc, locale) for doc in document["fields"])
+    fields = tuple(_compile_field(doc, locale, name) for doc in document["fields"])
     indexes = tuple(
         Index(
             index_name(name, tuple(item["fields"]), unique),
@@ -128,7 +129,7 @@ def _compile_entity(document: Mapping[str, Any], locale: str) -> Entity:
     )
 
 
-def _compile_field(document: Mapping[str, Any], locale: str) -> Field:
+def _compile_field(document: Mapping[str, Any], locale: str, entity: str) -> Field:
     field_type = document["type"]
     is_auto_number = field_type == "auto_number"
     is_decimal = field_type in rules.DECIMAL_TYPES
@@ -173,6 +174,12 @@ def _compile_field(document: Mapping[str, Any], locale: str) -> Field:
         digits=(
             document.get("digits", rules.AUTO_NUMBER_DIGITS) if is_auto_number else None
         ),
+        sensitive=document.get("sensitive", False),
+        personal=document.get("personal", False),
+        unmasked_roles=tuple(
+            document.get("unmasked_roles", DEFAULT_UNMASKED_ROLES)
+        ),
+        entity=entity,
     )
 
 

@@ -12,6 +12,22 @@ from metadata_engine import rules, values
 #: Records a problem: (pointer, message, hint).
 Report = Callable[[str, str, str], None]
 
+#: Field types that may be sensitive (stored encrypted): the text-like types.
+SENSITIVE_TYPES: tuple[str, ...] = ("text", "long_text", "email", "phone", "url")
+#: Flags a sensitive field cannot carry, each with the reason.
+SENSITIVE_CONFLICTS: tuple[tuple[str, str], ...] = (
+    (
+        "unique",
+        "every value is encrypted with a random nonce, so equal values differ "
+        "in storage and a unique constraint cannot compare them",
+    ),
+    ("indexed", "an index over encrypted values cannot serve any query"),
+    (
+        "searchable",
+        "text search compares stored values, and these are encrypted",
+    ),
+)
+
 
 def check_field(
     report: Report, pointer: str, field: Mapping[str, Any], entities: Collection[str]
@@ -159,3 +175,36 @@ def _check_flags(report: Report, pointer: str, field: Mapping[str, Any]) -> None
             "user can create a record",
             "give it a default, or drop required or read_only",
         )
+
+
+def check_sensitive(
+    report: Report, pointer: str, entity: str, field: Mapping[str, Any]
+) -> None:
+    """Report a ``sensitive`` flag on a type that cannot be encrypted, or
+    together with a flag that needs the plaintext in the database."""
+    qualified = f"{entity}.{field['name']}"
+    if not field.get("sensitive"):
+        if "unmasked_roles" in field:
+            report(
+                f"{pointer}/unmasked_roles",
+                f"field {qualified!r} sets unmasked_roles but is not sensitive",
+                'add "sensitive": true or remove unmasked_roles',
+            )
+        return
+    field_type = field["type"]
+    if field_type not in SENSITIVE_TYPES:
+        report(
+            f"{pointer}/sensitive",
+            f"field {qualified!r} of type {field_type!r} cannot be sensitive: "
+            "only text-like values are encrypted",
+            "remove sensitive, or use one of the types "
+            + ", ".join(SENSITIVE_TYPES),
+        )
+    for flag, reason in SENSITIVE_CONFLICTS:
+        if field.get(flag):
+            report(
+                f"{pointer}/{flag}",
+                f"sensitive field {qualified!r} cannot be {flag}, because {reason}",
+                f"remove {flag!r}, or remove sensitive to store the value in "
+                "plaintext",
+            )

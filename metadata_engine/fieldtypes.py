@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from marshmallow import ValidationError, fields, validate
 
 from .model import Field
-from .sqltypes import ExactDecimal, JSONList, UTCDateTime
+from .sqltypes import EncryptedText, ExactDecimal, JSONList, UTCDateTime
 
 Messages = Mapping[str, str]
 
@@ -66,7 +66,7 @@ class FieldType:
     sortable = True
 
     def column_type(self, field: Field) -> sa.types.TypeEngine[Any]:
-        return sa.String(field.max_length or 255)
+        return text_column(field, sa.String(field.max_length or 255))
 
     def schema_field(self, field: Field, messages: Messages) -> fields.Field:
         return fields.String(
@@ -88,6 +88,7 @@ class FieldType:
             # The whole value must match, as when defaults are checked.
             full = re.compile(f"(?:{field.pattern})\\Z")
             checks.append(validate.Regexp(full, error=messages["pattern"]))
+        checks.extend(masked_value_guard(field, messages))
         return checks
 
     def common(self, field: Field, messages: Messages) -> dict[str, Any]:
@@ -112,18 +113,21 @@ class LongTextType(FieldType):
     sortable = False
 
     def column_type(self, field: Field) -> sa.types.TypeEngine[Any]:
-        return sa.Text()
+        return text_column(field, sa.Text())
 
 
 class EmailType(FieldType):
     name = "email"
 
     def column_type(self, field: Field) -> sa.types.TypeEngine[Any]:
-        return sa.String(254)
+        return text_column(field, sa.String(254))
 
     def schema_field(self, field: Field, messages: Messages) -> fields.Field:
         return fields.Email(
-            validate=[validate.Length(max=254, error=messages["max_length"])],
+            validate=[
+                validate.Length(max=254, error=messages["max_length"]),
+                *masked_value_guard(field, messages),
+            ],
             error_messages={
                 **base_errors(messages),
                 "invalid": messages["invalid_email"],
@@ -136,11 +140,14 @@ class PhoneType(FieldType):
     name = "phone"
 
     def column_type(self, field: Field) -> sa.types.TypeEngine[Any]:
-        return sa.String(40)
+        return text_column(field, sa.String(40))
 
     def schema_field(self, field: Field, messages: Messages) -> fields.Field:
         return fields.String(
-            validate=[validate.Regexp(PHONE_PATTERN, error=messages["invalid_phone"])],
+            validate=[
+                validate.Regexp(PHONE_PATTERN, error=messages["invalid_phone"]),
+                *masked_value_guard(field, messages),
+            ],
             error_messages={
                 **base_errors(messages),
                 "invalid": messages["invalid_phone"],
@@ -153,12 +160,15 @@ class UrlType(FieldType):
     name = "url"
 
     def column_type(self, field: Field) -> sa.types.TypeEngine[Any]:
-        return sa.String(2048)
+        return text_column(field, sa.String(2048))
 
     def schema_field(self, field: Field, messages: Messages) -> fields.Field:
         return fields.Url(
             schemes={"http", "https"},
-            validate=[validate.Length(max=2048, error=messages["max_length"])],
+            validate=[
+                validate.Length(max=2048, error=messages["max_length"]),
+                *masked_value_guard(field, messages),
+            ],
             error_messages={
                 **base_errors(messages),
                 "invalid": messages["invalid_url"],
@@ -393,6 +403,40 @@ class AutoNumberType(FieldType):
 
     def column_type(self, field: Field) -> sa.types.TypeEngine[Any]:
         return sa.String(64)
+
+
+#: Start of a masked value as the API and UI show it (``•••• 1234``).
+MASKED_PREFIX = "••••"
+MASKED_VALUE_MESSAGE = (
+    "This is a masked value, not the real one: send the real value or leave "
+    "the field out."
+)
+
+
+def masked_value_guard(field: Field, messages: Messages) -> list[Any]:
+    """Return a validator that rejects a masked value written back into a
+    sensitive field, which would replace the real value with the mask."""
+    if not field.sensitive:
+        return []
+    message = messages.get("masked_value", MASKED_VALUE_MESSAGE)
+
+    def check(value: str) -> None:
+        if isinstance(value, str) and value.startswith(MASKED_PREFIX):
+            raise ValidationError(message)
+
+    return [check]
+
+
+def text_column(
+    field: Field, plain: sa.types.TypeEngine[Any]
+) -> sa.types.TypeEngine[Any]:
+    """Return ``plain``, or an encrypted column if the field is sensitive."""
+    # NOTE: migrations never change a column's type, so on PostgreSQL a field
+    # made sensitive after its table exists keeps VARCHAR(n), which is too
+    # short for ciphertext. Writes to it then fail.
+    if field.sensitive:
+        return EncryptedText(f"{field.entity}.{field.name}")
+    return plain
 
 
 class WholeNumber(fields.Integer):

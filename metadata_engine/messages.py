@@ -15,6 +15,10 @@ MESSAGES: Mapping[str, Mapping[str, str]] = {
         "null": "This field is required and cannot be empty.",
         "unknown": "Unknown field: it is not part of this entity.",
         "read_only": "This field is read-only and cannot be written.",
+        "masked_value": (
+            "This is a masked value, not the real one: send the real value or "
+            "leave the field out."
+        ),
         "invalid_text": "Not a valid text value.",
         "invalid_integer": "Not a valid whole number.",
         "too_large": "The number is too large.",
@@ -44,6 +48,7 @@ MESSAGES: Mapping[str, Mapping[str, str]] = {
         "null": "此字段为必填项，不能为空。",
         "unknown": "未知字段：它不属于此实体。",
         "read_only": "此字段为只读，不能写入。",
+        "masked_value": "这是遮盖后的值，不是真实值：请提交真实值，或不填写此字段。",
         "invalid_text": "不是有效的文本。",
         "invalid_integer": "不是有效的整数。",
         "too_large": "数值过大。",

@@ -24,6 +24,9 @@ SYSTEM_COLUMNS: tuple[str, ...] = (
 )
 
 FORM_MODES: tuple[str, ...] = ("create", "edit", "detail")
+#: Membership roles that see a sensitive field in full when its metadata
+#: lists no ``unmasked_roles``.
+DEFAULT_UNMASKED_ROLES: tuple[str, ...] = ("admin",)
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,14 @@ class Field:
     on_delete: str | None = None
     prefix: str | None = None
     digits: int | None = None
+    #: Stored encrypted, shown masked to roles outside ``unmasked_roles``.
+    sensitive: bool = False
+    #: Personal data, blanked by a request to forget a person.
+    personal: bool = False
+    unmasked_roles: tuple[str, ...] = DEFAULT_UNMASKED_ROLES
+    #: Name of the entity that declares the field, filled in by the compiler.
+    #: Encryption binds each stored value to it.
+    entity: str = field(default="", compare=False)
 
     def option(self, value: str) -> Option | None:
         for option in self.options:
@@ -103,6 +114,11 @@ class Field:
     @property
     def writable(self) -> bool:
         return not self.read_only and self.type != "auto_number"
+
+    def masked_for(self, role: str | None) -> bool:
+        """Return True if values of this field are masked for a member with
+        ``role``. Without a role (``None``) every sensitive field is masked."""
+        return self.sensitive and (role is None or role not in self.unmasked_roles)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
@@ -118,3 +118,75 @@ class ExactDecimal(sa.types.TypeDecorator[decimal.Decimal]):
         if self._scaled(dialect):
             return decimal.Decimal(int(value)).scaleb(-self.scale)
         return decimal.Decimal(value).quantize(decimal.Decimal(1).scaleb(-self.scale))
+
+
+class FieldCipher(Protocol):
+    """Encrypts and decrypts the values of sensitive fields.
+
+    ``context`` names the entity and field (``"contact.national_id"``), and
+    an implementation binds each value to it, so that a value copied into
+    another column fails to decrypt.
+    """
+
+    def encrypt(self, plaintext: str, context: str) -> str: ...
+
+    def decrypt(self, token: str, context: str) -> str: ...
+
+
+class CipherNotInstalled(RuntimeError):
+    """Raised when a sensitive value is read or written before the platform
+    installed a cipher with ``install_cipher``."""
+
+
+_cipher: FieldCipher | None = None
+
+
+def install_cipher(cipher: FieldCipher | None) -> None:
+    """Set the cipher of every ``EncryptedText`` column in this process.
+
+    The platform calls this once at start with its key ring. The last call
+    wins, so two platforms in one process share the keys of the later one.
+    """
+    global _cipher
+    _cipher = cipher
+
+
+def installed_cipher() -> FieldCipher:
+    """Return the installed cipher; raise ``CipherNotInstalled`` if none."""
+    if _cipher is None:
+        raise CipherNotInstalled(
+            "a sensitive field was read or written, but no cipher is installed: "
+            "start the platform (crm_platform.tenancy.Platform) first, or call "
+            "metadata_engine.sqltypes.install_cipher"
+        )
+    return _cipher
+
+
+class EncryptedText(sa.types.TypeDecorator[str]):
+    """Text stored encrypted by the installed ``FieldCipher``.
+
+    The column is TEXT on every backend, since ciphertext is longer than the
+    field's own limit. Reads and writes convert transparently, but the
+    database stores only ciphertext, so comparisons in SQL never match.
+    """
+
+    impl = sa.Text()
+    cache_ok = True
+
+    def __init__(self, context: str) -> None:
+        super().__init__()
+        self.context = context
+
+    @property
+    def python_type(self) -> type[str]:
+        return str
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        return installed_cipher().encrypt(str(value), self.context)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        return installed_cipher().decrypt(str(value), self.context)

@@ -17,6 +17,7 @@ from flask import Blueprint, Flask, g
 from flask_bootstrap import Bootstrap5
 from flask_wtf.csrf import generate_csrf
 
+from crm_platform.serialize import visible_value
 from metadata_engine.model import Entity, Field, Text
 
 from . import formatting, i18n, listing
@@ -49,6 +50,7 @@ def init_app(app: Flask) -> None:
     app.jinja_env.globals.update(
         csrf_token=generate_csrf,
         format_value=format_for_locale,
+        masked_value=masked_value,
         option_color=formatting.option_color,
         option_label=label_of_option,
         record_title=record_title,
@@ -75,8 +77,26 @@ def format_number(number: int) -> str:
     return formatting.format_count(number, current_locale())
 
 
+def current_role() -> str | None:
+    """Return the signed-in member's role, or None, which masks every
+    sensitive field."""
+    actor = g.get("actor")
+    role = getattr(actor, "role", None)
+    return str(role) if role is not None else None
+
+
+def masked_value(field: Field, value: Any) -> str | None:
+    """Return the masked text that replaces ``value`` for the current member,
+    or None when the member may see ``value`` as it is."""
+    if value is None or value == "" or not field.masked_for(current_role()):
+        return None
+    return str(visible_value(field, value, current_role()))
+
+
 def format_for_locale(field: Field, value: Any) -> str:
-    return formatting.format_value(field, value, current_locale())
+    """Return ``value`` as display text, masked if the member may not see it."""
+    shown = visible_value(field, value, current_role())
+    return formatting.format_value(field, shown, current_locale())
 
 
 def label_of_option(field: Field, value: str) -> str:

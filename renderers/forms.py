@@ -46,6 +46,7 @@ from wtforms.widgets import CheckboxInput, ListWidget
 
 from metadata_engine.model import Entity, Field
 
+from . import current_role
 from .formatting import field_scale
 
 INPUT_PREFIX = "f_"
@@ -428,8 +429,9 @@ def initial_formdata(
 ) -> MultiDict[str, str]:
     """Return the form data that shows ``values`` (record or default values)."""
     data: MultiDict[str, str] = MultiDict()
+    role = current_role()
     for field in form_class.input_fields:
-        if field.name not in values:
+        if field.name not in values or field.masked_for(role):
             continue
         for text in converter_for(field.type).initial(field, values[field.name]):
             data.add(input_name(field.name), text)
@@ -471,10 +473,17 @@ def changed_values(
     """Return the submitted values that differ from what the form showed.
 
     An edit sends only these, so that it writes only what the user changed.
+    A sensitive field masked for the member was shown empty, so leaving it
+    empty keeps the stored value.
     """
     submitted = submitted_values(form, formdata)
     changed: dict[str, Any] = {}
+    role = current_role()
     for field in form.input_fields:
+        if field.masked_for(role):
+            if submitted.get(field.name) is not None:
+                changed[field.name] = submitted[field.name]
+            continue
         converter = converter_for(field.type)
         shown_text = converter.initial(field, record.get(field.name))
         shown = converter.submitted(field, shown_text)

@@ -84,7 +84,8 @@ def system_field(name: str) -> Field:
 def is_sortable(entity: Entity, name: str) -> bool:
     if not entity.has_field(name):
         return name in SYSTEM_COLUMN_TYPES
-    return fieldtypes.get(entity.field(name).type).sortable
+    column = entity.field(name)
+    return fieldtypes.get(column.type).sortable and not column.sensitive
 
 
 @dataclass
@@ -288,8 +289,13 @@ def column_filter(
     locale: str,
     lookup_choices: LookupChoices,
 ) -> ColumnFilter | None:
-    """Return the filter input that fits the column's type, if any."""
+    """Return the filter input that fits the column's type, if any.
+
+    Sensitive fields get none, because their stored values are encrypted.
+    """
     type_name = column.type
+    if column.sensitive:
+        return None
     if type_name in TEXT_FILTER_TYPES and column.name != "id":
         param = f"{column.name}__icontains"
         return ColumnFilter(param, "text", args.get(param, ""),
