@@ -13,6 +13,8 @@ same tenant). An archive contains:
   back; the CSV file is for spreadsheets and other tools;
 - ``sequences.json``: the auto-number sequence values, so that numbers
   handed out after an import or restore do not repeat stored ones;
+- ``journal.jsonl``: the change journal, one entry per line, oldest first,
+  so that record history survives a move or a restore;
 - ``manifest.json``: format version, tenant, metadata hash, export time,
   record counts per entity and the SHA-256 of every other member.
 
@@ -46,6 +48,7 @@ from metadata_engine.loader import compile_documents
 from metadata_engine.model import SYSTEM_COLUMNS, Definition, Entity
 from metadata_engine.tables import build_service_tables
 
+from . import journal
 from .control import Actor
 from .errors import PlatformError
 from .exporter import PAGE_SIZE, csv_cell, iter_records, to_json_value
@@ -56,6 +59,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SEQUENCES = "sequences.json"
+JOURNAL = "journal.jsonl"
 DEFINITION_PREFIX = "definition/"
 DATA_PREFIX = "data/"
 #: Largest uncompressed size accepted for one member, as declared in the zip
@@ -85,6 +89,9 @@ class Manifest:
     counts: dict[str, int]
     files: dict[str, str]
     kind: str = "export"
+    #: Entries in ``journal.jsonl``; archives written before the journal
+    #: existed have none.
+    counts_journal: int = 0
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -94,6 +101,7 @@ class Manifest:
             "metadata_hash": self.metadata_hash,
             "exported_at": self.exported_at,
             "record_counts": self.counts,
+            "journal_entries": self.counts_journal,
             "files": self.files,
         }
 
@@ -132,6 +140,9 @@ def write_archive(
             )
         sequences = json.dumps(read_sequences(runtime), indent=2, sort_keys=True)
         _write_member(archive, manifest, SEQUENCES, sequences.encode())
+        with tempfile.TemporaryFile() as spool:
+            manifest.counts_journal = _write_journal(runtime, spool)
+            manifest.files[JOURNAL] = _copy_member(archive, JOURNAL, spool)
         text = json.dumps(manifest.as_json(), ensure_ascii=False, indent=2)
         archive.writestr(MANIFEST, text)
     log.info("wrote %s archive of tenant %s to %s", kind, slug, output)
@@ -204,6 +215,21 @@ def _write_rows(
     json_text.detach()
     if progress:
         progress(entity.name, count % PAGE_SIZE)
+    return count
+
+
+def _write_journal(runtime: TenantRuntime, output: IO[bytes]) -> int:
+    """Write the change journal as JSON lines, oldest first; returns the
+    number of entries."""
+    count = 0
+    after = 0
+    with runtime.engine.connect() as conn:
+        while entries := journal.entries_after(conn, after):
+            for entry in entries:
+                line = json.dumps(entry.as_json(), ensure_ascii=False) + "\n"
+                output.write(line.encode("utf-8"))
+            count += len(entries)
+            after = entries[-1].seq
     return count
 
 
@@ -287,6 +313,7 @@ class Archive:
                 counts={str(k): int(v) for k, v in raw["record_counts"].items()},
                 files={str(k): str(v) for k, v in raw["files"].items()},
                 kind=str(raw.get("kind", "export")),
+                counts_journal=int(raw.get("journal_entries", 0)),
             )
         except KeyError as err:
             raise ArchiveError(
@@ -357,6 +384,16 @@ class Archive:
         raw = json.loads(self.read_bytes(SEQUENCES))
         return {str(name): int(value) for name, value in raw.items()}
 
+    def journal_entries(self) -> Iterator[dict[str, Any]]:
+        """Yield the archived journal entries as rows of ``_journal``."""
+        if JOURNAL not in self.manifest.files:
+            return
+        with self.zip.open(JOURNAL) as member:
+            lines = io.TextIOWrapper(member, encoding="utf-8", newline="\n")
+            for number, line in enumerate(lines, start=1):
+                if line.strip():
+                    yield _journal_row(self.path, number, line)
+
     def iter_rows(self, entity_name: str) -> Iterator[tuple[int, dict[str, Any]]]:
         """Yield (row number, record as JSON) of ``data/<entity>.json``."""
         name = f"{DATA_PREFIX}{entity_name}.json"
@@ -376,6 +413,73 @@ class Archive:
                     raise ArchiveError(
                         f"{name} row {number}: invalid JSON ({err})"
                     ) from err
+
+
+def _journal_row(path: Path, number: int, line: str) -> dict[str, Any]:
+    place = f"{JOURNAL} line {number} of {str(path)!r}"
+    try:
+        raw = json.loads(line)
+        row = {
+            "seq": int(raw["seq"]),
+            "at": _datetime(str(raw["at"])),
+            "actor_id": _optional_text(raw.get("actor_id")),
+            "action": str(raw["action"]),
+            "entity": str(raw["entity"]),
+            "record_id": str(raw["record_id"]),
+            "version": None if raw.get("version") is None else int(raw["version"]),
+            "changes": raw["changes"],
+            "request_id": _optional_text(raw.get("request_id")),
+        }
+    except (KeyError, ValueError, TypeError) as err:
+        raise ArchiveError(f"{place} is invalid: {err!r}") from err
+    if row["action"] not in journal.ACTIONS or not isinstance(row["changes"], dict):
+        raise ArchiveError(
+            f"{place} is invalid: action {row['action']!r} must be one of "
+            f"{', '.join(journal.ACTIONS)} and changes a JSON object"
+        )
+    return row
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _load_journal(conn: sa.Connection, archive: Archive) -> int:
+    """Insert the archived journal in batches; returns the entries loaded."""
+    count = 0
+    batch: list[dict[str, Any]] = []
+    for row in archive.journal_entries():
+        batch.append(row)
+        if len(batch) == PAGE_SIZE:
+            conn.execute(journal.JOURNAL.insert(), batch)
+            count += len(batch)
+            batch = []
+    if batch:
+        conn.execute(journal.JOURNAL.insert(), batch)
+        count += len(batch)
+    # The journal is read after the sequences when an archive is written, so
+    # a write in between can leave entries past the archived counter.
+    last = conn.execute(sa.select(sa.func.max(journal.JOURNAL.c.seq))).scalar()
+    if last is not None:
+        counter = journal.SEQUENCES
+        stored = conn.execute(
+            sa.select(counter.c.value).where(counter.c.name == journal.COUNTER_NAME)
+        ).scalar()
+        if stored is None:
+            conn.execute(counter.insert().values(name=journal.COUNTER_NAME, value=last))
+        elif stored < last:
+            conn.execute(
+                counter.update()
+                .where(counter.c.name == journal.COUNTER_NAME)
+                .values(value=last)
+            )
+    if count != archive.manifest.counts_journal:
+        raise ArchiveError(
+            f"loaded {count} journal entries from {str(archive.path)!r}, but its "
+            f"{MANIFEST} lists {archive.manifest.counts_journal}: the archive is "
+            "inconsistent"
+        )
+    return count
 
 
 def _check_member_name(path: Path, name: str) -> None:
@@ -603,6 +707,7 @@ def import_archive(
                 counts = load_records(conn, runtime, archive, progress)
                 _check_counts(archive, counts)
                 write_sequences(conn, archive.sequences())
+                _load_journal(conn, archive)
         except BaseException:
             log.exception(
                 "import of %s into tenant %s failed, so the tenant is dropped",
@@ -661,10 +766,13 @@ def restore_archive(
             # are replaced, so a failed restore keeps the applied definition.
             runtime = platform.apply(slug, archive.definition(), applied_by="restore")
         with runtime.engine.begin() as conn:
+            journal.lock(conn)
             _delete_records(conn, runtime)
+            conn.execute(journal.JOURNAL.delete())
             counts = load_records(conn, runtime, archive, progress)
             _check_counts(archive, counts)
             write_sequences(conn, archive.sequences())
+            _load_journal(conn, archive)
     log.info("restored tenant %s from %s: %s", slug, path, counts)
     return counts
 

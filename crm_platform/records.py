@@ -2,7 +2,8 @@
 
 The API, the HTML views and the importer call ``RecordService`` and never
 touch entity tables themselves, so validation, system columns, optimistic
-locking and (later) permissions and the change journal apply on every path.
+locking, the record quota and the change journal apply on every path, and
+(later) permissions.
 """
 
 from __future__ import annotations
@@ -27,8 +28,16 @@ from metadata_engine.model import SYSTEM_COLUMNS, Entity, Field
 from metadata_engine.tables import build_service_tables
 from metadata_engine.validation import WRITABLE_SYSTEM_COLUMNS
 
+from . import journal
 from .control import Actor
-from .errors import Conflict, Forbidden, NotFound, RecordInvalid, VersionConflict
+from .errors import (
+    Conflict,
+    Forbidden,
+    LimitReached,
+    NotFound,
+    RecordInvalid,
+    VersionConflict,
+)
 from .querying import (
     Condition,
     ListQuery,
@@ -46,6 +55,10 @@ log = logging.getLogger(__name__)
 #: Largest text a single value may have, whatever its field allows, in
 #: characters: a guard against oversized requests reaching the database.
 MAX_VALUE_LENGTH = 100_000
+#: What a personal-data erasure writes into a required text field.
+ERASED_TEXT = "[erased]"
+#: Deepest chain of ON DELETE CASCADE lookups that one delete may follow.
+MAX_CASCADE_DEPTH = 10
 #: Loaded rows of an import batch, each with its index in the batch.
 IndexedRows = list[tuple[int, dict[str, Any]]]
 _UNIQUE_SQLITE = re.compile(r"UNIQUE constraint failed: ([\w.]+(?:, [\w.]+)*)")
@@ -94,14 +107,17 @@ class RecordService:
         actor: Actor,
         locale: str = "en",
         is_member: Callable[[str], bool] | None = None,
+        request_id: str | None = None,
     ) -> None:
         """``is_member`` checks whether a user id belongs to a member of the
-        tenant; without it, records can only be owned by ``actor``."""
+        tenant; without it, records can only be owned by ``actor``.
+        ``request_id`` goes into the journal entries of this service's writes."""
         self.runtime = runtime
         self.actor = actor
         self.locale = locale
         self.messages = messages_for(locale)
         self.is_member = is_member
+        self.request_id = request_id
 
     # Reads
 
@@ -249,15 +265,21 @@ class RecordService:
         values = self._load(entity, data, partial=False)
         self._fill_new(entity, values, dt.datetime.now(dt.UTC))
         table = self.runtime.tables[entity_name]
+        entries = self._journal()
         with self.runtime.engine.begin() as conn:
+            journal.lock(conn)
+            self._check_quota(conn, 1)
             for field in entity.fields:
                 if field.type == "auto_number":
                     values[field.name] = _next_number(conn, entity, field)
             self._execute_write(conn, entity, table.insert().values(**values), values)
+            record = _as_stored(table, entity, values)
+            entries.created(entity, record)
+            entries.write(conn)
         log.info(
             "created %s %s in tenant %s", entity_name, values["id"], self.runtime.slug
         )
-        return _as_stored(table, entity, values)
+        return record
 
     def update(
         self,
@@ -286,34 +308,94 @@ class RecordService:
         statement = table.update().where(table.c.id == record_id).values(**values)
         if expected_version is not None:
             statement = statement.where(table.c.version == expected_version)
+        entries = self._journal()
         with self.runtime.engine.begin() as conn:
+            journal.lock(conn)
+            before = _read_row(conn, table, record_id)
             result = self._execute_write(conn, entity, statement, values)
-            if result.rowcount == 0:
+            if before is None or result.rowcount == 0:
                 self._raise_missing_or_stale(
                     conn, entity_name, record_id, expected_version
                 )
-        return self.get(entity_name, record_id)
+            after = _read_row(conn, table, record_id)
+            assert before is not None and after is not None
+            entries.updated(entity, before, after)
+            entries.write(conn)
+        return after
 
     def delete(
         self, entity_name: str, record_id: str, expected_version: int | None = None
     ) -> None:
         """Delete a record unless others still refer to it with ``restrict``."""
         self._check_writable()
-        self.runtime.entity(entity_name)
+        entity = self.runtime.entity(entity_name)
         table = self.runtime.tables[entity_name]
+        entries = self._journal()
         with self.runtime.engine.begin() as conn:
+            journal.lock(conn)
             self._check_not_referenced(conn, entity_name, record_id)
+            before = _read_row(conn, table, record_id)
+            if before is not None:
+                self._journal_cascade(conn, entries, entity_name, [record_id])
             statement = table.delete().where(table.c.id == record_id)
             if expected_version is not None:
                 statement = statement.where(table.c.version == expected_version)
             result = conn.execute(statement)
-            if result.rowcount == 0:
+            if before is None or result.rowcount == 0:
                 self._raise_missing_or_stale(
                     conn, entity_name, record_id, expected_version
                 )
+            assert before is not None
+            entries.deleted(entity, before)
+            entries.write(conn)
         log.info(
             "deleted %s %s in tenant %s", entity_name, record_id, self.runtime.slug
         )
+
+    def erase(
+        self, targets: Sequence[tuple[str, str, Sequence[str]]]
+    ) -> builtins.list[dict[str, Any]]:
+        """Blank fields of records for a personal-data erasure, all in one
+        transaction; each target is (entity name, record id, field names).
+
+        Validation is bypassed: a required text field gets ``ERASED_TEXT``,
+        every other field becomes empty. The journal gets an ``erase`` entry
+        per record without the old values, and the records' earlier entries
+        lose them too. Returns the records as stored afterwards.
+        """
+        self._check_writable()
+        now = dt.datetime.now(dt.UTC)
+        entries = self._journal()
+        erased = []
+        with self.runtime.engine.begin() as conn:
+            journal.lock(conn)
+            for entity_name, record_id, names in targets:
+                entity = self.runtime.entity(entity_name)
+                table = self.runtime.tables[entity_name]
+                values: dict[str, Any] = {
+                    name: _erased_value(entity.field(name)) for name in names
+                }
+                values.update(
+                    updated_at=now,
+                    updated_by=self.actor.user_id,
+                    version=table.c.version + 1,
+                )
+                result = conn.execute(
+                    table.update().where(table.c.id == record_id).values(**values)
+                )
+                if result.rowcount == 0:
+                    raise NotFound(f"{entity_name} record {record_id!r} not found")
+                after = _read_row(conn, table, record_id)
+                assert after is not None
+                journal.redact(conn, entity_name, record_id, names)
+                entries.erased(entity, after, names)
+                erased.append(after)
+            entries.write(conn)
+        log.warning(
+            "erased personal fields of %d records in tenant %s",
+            len(erased), self.runtime.slug,
+        )
+        return erased
 
     def import_batch(
         self,
@@ -336,6 +418,13 @@ class RecordService:
         self._check_writable()
         entity = self.runtime.entity(entity_name)
         table = self.runtime.tables[entity_name]
+        if key and entity.has_field(key) and entity.field(key).sensitive:
+            raise RecordInvalid(
+                f"invalid import key {key!r}: {entity_name}.{key} is encrypted, "
+                "so stored values cannot be matched; use an unencrypted unique "
+                "field as the key",
+                details={key: ["an encrypted field cannot be an import key"]},
+            )
         result = BatchResult()
         loaded: IndexedRows = []
         schema = self.runtime.schema(entity.name, self.locale)
@@ -352,6 +441,7 @@ class RecordService:
             except RecordInvalid as err:
                 result.errors[index] = err.details or {"_schema": [err.message]}
         with self.runtime.engine.begin() as conn:
+            journal.lock(conn)
             loaded = self._drop_missing_lookups(conn, entity, loaded, result)
             existing = self._existing_by_key(conn, table, key, loaded)
             if keep_existing:
@@ -368,7 +458,20 @@ class RecordService:
                 result.created = len(inserts)
                 result.updated = len(updates)
                 return result
-            self._write_batch(conn, entity, table, inserts, updates, result)
+            self._check_quota(conn, len(inserts))
+            entries = self._journal()
+            written = self._write_batch(conn, entity, table, inserts, updates, result)
+            befores = {
+                stored["id"]: stored for stored in existing.values()
+            }
+            for index, values in inserts:
+                if index in written:
+                    entries.created(entity, values)
+            for index, values in updates:
+                if index in written:
+                    before = befores[values["_id"]]
+                    entries.updated(entity, before, _updated_row(before, values))
+            entries.write(conn)
         return result
 
     def _drop_missing_lookups(
@@ -473,9 +576,10 @@ class RecordService:
         inserts: IndexedRows,
         updates: IndexedRows,
         result: BatchResult,
-    ) -> None:
+    ) -> set[int]:
         """Write with executemany; on a constraint error, retry row by row so
-        that one bad row does not cost the others."""
+        that one bad row does not cost the others. Returns the indexes of the
+        rows written."""
         for field in entity.fields:
             if field.type == "auto_number" and inserts:
                 numbers = _reserve_numbers(conn, entity, field, len(inserts))
@@ -496,16 +600,18 @@ class RecordService:
                     )
             result.created += len(inserts)
             result.updated += len(updates)
-            return
+            return {index for index, _ in inserts} | {index for index, _ in updates}
         except sa.exc.IntegrityError:
             log.info("batch of %s hit a constraint; retrying row by row", entity.name)
+        written = set()
         for (index, _), row in zip(inserts, insert_rows, strict=True):
-            self._write_one(
+            if self._write_one(
                 conn, entity, table.insert().values(**row), index, result, created=True
-            )
+            ):
+                written.add(index)
         for index, values in updates:
             statement = _update_statement(table, values)
-            self._write_one(
+            if self._write_one(
                 conn,
                 entity,
                 statement,
@@ -513,7 +619,9 @@ class RecordService:
                 result,
                 created=False,
                 parameters=_update_parameters(values),
-            )
+            ):
+                written.add(index)
+        return written
 
     def _write_one(
         self,
@@ -524,7 +632,7 @@ class RecordService:
         result: BatchResult,
         created: bool,
         parameters: Mapping[str, Any] | None = None,
-    ) -> None:
+    ) -> bool:
         try:
             with conn.begin_nested():
                 if parameters is None:
@@ -539,11 +647,12 @@ class RecordService:
                 self.messages["unique"] if fields != ["_schema"] else str(err.orig)
             )
             result.errors[index] = {name: [message] for name in fields}
-            return
+            return False
         if created:
             result.created += 1
         else:
             result.updated += 1
+        return True
 
     # Helpers
 
@@ -597,6 +706,73 @@ class RecordService:
             updated_by=self.actor.user_id,
             version=1,
         )
+
+    def _journal(self) -> journal.Journal:
+        return journal.Journal(self.actor.user_id, self.request_id)
+
+    def _check_quota(self, conn: sa.Connection, adding: int) -> None:
+        """Raise ``LimitReached`` if ``adding`` new records would take the
+        tenant past its plan's record quota.
+
+        Counts every entity table inside the write's transaction, after the
+        journal lock, so concurrent writers cannot both pass. Tenants without
+        a quota pay nothing; the count is bounded by the quota itself.
+        """
+        quota = getattr(self.runtime.tenant, "record_quota", None)
+        if quota is None or adding == 0:
+            return
+        stored = 0
+        for table in self.runtime.tables.values():
+            counter = sa.select(sa.func.count()).select_from(table)
+            stored += int(conn.execute(counter).scalar_one())
+        if stored + adding <= quota:
+            return
+        raise LimitReached(
+            f"record quota reached: tenant {self.runtime.slug!r} stores {stored:,} "
+            f"of the {quota:,} records its plan allows, so {adding:,} more do not "
+            "fit; delete records or move the tenant to a plan with a larger quota",
+            details={"record_quota": quota, "records": stored, "adding": adding},
+        )
+
+    def _journal_cascade(
+        self,
+        conn: sa.Connection,
+        entries: journal.Journal,
+        entity_name: str,
+        record_ids: builtins.list[str],
+        depth: int = 0,
+    ) -> None:
+        """Journal what the database's ON DELETE rules will do to records
+        that point at the records being deleted: cascaded deletes and lookups
+        set to null."""
+        if depth > MAX_CASCADE_DEPTH:
+            raise Conflict(
+                f"cannot delete {entity_name} records: deleting them cascades "
+                f"through more than {MAX_CASCADE_DEPTH} levels of lookups"
+            )
+        for other, field in self.runtime.definition.referencing(entity_name):
+            if field.on_delete not in {"cascade", "set_null"}:
+                continue
+            table = self.runtime.tables[other.name]
+            for start in range(0, len(record_ids), 500):
+                chunk = record_ids[start : start + 500]
+                rows = [
+                    dict(row)
+                    for row in conn.execute(
+                        sa.select(table).where(table.c[field.name].in_(chunk))
+                    ).mappings()
+                ]
+                if field.on_delete == "cascade":
+                    child_ids = [row["id"] for row in rows]
+                    if child_ids:
+                        self._journal_cascade(
+                            conn, entries, other.name, child_ids, depth + 1
+                        )
+                    for row in rows:
+                        entries.deleted(other, row)
+                else:
+                    for row in rows:
+                        entries.updated(other, row, {**row, field.name: None})
 
     def _check_writable(self) -> None:
         status = self.runtime.tenant.status
@@ -729,6 +905,29 @@ def _as_stored(
     return record
 
 
+def _read_row(
+    conn: sa.Connection, table: sa.Table, record_id: str
+) -> dict[str, Any] | None:
+    row = (
+        conn.execute(sa.select(table).where(table.c.id == str(record_id)))
+        .mappings()
+        .first()
+    )
+    return dict(row) if row is not None else None
+
+
+def _updated_row(
+    before: Mapping[str, Any], changed: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Return the stored row ``before`` with an import batch's update applied."""
+    after = dict(before)
+    for name, value in changed.items():
+        if not name.startswith("_"):
+            after[name] = value
+    after["version"] = changed["_version"]
+    return after
+
+
 def _storable(text: str) -> bool:
     """Return False for text no database should store: NUL characters
     (PostgreSQL rejects them) and lone surrogates (not valid UTF-8)."""
@@ -765,6 +964,12 @@ def _is_read_only(entity: Entity, key: str) -> bool:
     if key in SYSTEM_COLUMNS:
         return key not in WRITABLE_SYSTEM_COLUMNS
     return entity.has_field(key) and not entity.field(key).writable
+
+
+def _erased_value(field: Field) -> Any:
+    if field.required and field.type in {"text", "long_text"}:
+        return ERASED_TEXT
+    return [] if field.type == "multi_picklist" else None
 
 
 def _default_value(field: Field) -> Any:

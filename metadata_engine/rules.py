@@ -38,7 +38,9 @@ QUERY_PARAMETERS: frozenset[str] = frozenset(
 
 #: Path segments the web UI and API use under /t/<tenant>/, which an entity
 #: name would collide with.
-RESERVED_ENTITY_NAMES: frozenset[str] = frozenset({"api", "login", "logout"})
+RESERVED_ENTITY_NAMES: frozenset[str] = frozenset(
+    {"api", "login", "logout", "audit", "members", "operator"}
+)
 
 DECIMAL_TYPES = frozenset({"decimal", "currency", "percent"})
 

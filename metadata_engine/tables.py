@@ -110,6 +110,26 @@ def build_service_tables(metadata: sa.MetaData) -> None:
             sa.Column("name", sa.String(120), primary_key=True),
             sa.Column("value", sa.BigInteger(), nullable=False),
         )
+    if "_journal" not in metadata.tables:
+        # The change journal: one row per record write, numbered without gaps
+        # in commit order (crm_platform.journal takes each number from
+        # ``_sequences`` inside the writing transaction).
+        sa.Table(
+            "_journal",
+            metadata,
+            sa.Column("seq", sa.BigInteger(), primary_key=True, autoincrement=False),
+            sa.Column("at", UTCDateTime(), nullable=False),
+            sa.Column("actor_id", sa.String(36)),
+            sa.Column("action", sa.String(20), nullable=False),
+            sa.Column("entity", sa.String(64), nullable=False),
+            sa.Column("record_id", sa.String(36), nullable=False),
+            sa.Column("version", sa.Integer()),
+            sa.Column("changes", sa.JSON(), nullable=False),
+            sa.Column("request_id", sa.String(64)),
+            sa.Index("ix__journal_record", "entity", "record_id", "seq"),
+            sa.Index("ix__journal_actor", "actor_id", "seq"),
+            sa.Index("ix__journal_at", "at"),
+        )
     if "_metadata" not in metadata.tables:
         sa.Table(
             "_metadata",

@@ -70,6 +70,19 @@ class RecordSchema(Schema):
         if errors:
             raise ValidationError(errors)
 
+    def _validated_fields(self) -> frozenset[str]:
+        """Return the names of fields that have validators, computed once."""
+        names = self.__dict__.get("_validated_names")
+        if names is None:
+            names = frozenset(
+                name
+                for name, field in self.fields.items()
+                if field.validators
+                or (isinstance(field, fields.List) and field.inner.validators)
+            )
+            self.__dict__["_validated_names"] = names
+        return names
+
     def is_typed(self, data: Mapping[str, Any]) -> bool:
         """Return True if every value already has its field's Python type."""
         for key, value in data.items():
@@ -92,14 +105,16 @@ class RecordSchema(Schema):
         their field, not under the item's index.
         """
         errors: dict[str, list[str]] = {}
+        fields_by_name = self.fields
+        validated = self._validated_fields()
         for key, value in data.items():
-            field = self.fields.get(key)
+            field = fields_by_name.get(key)
             if field is None or field.dump_only:
                 errors[key] = [self.error_messages["unknown"]]
             elif value is None:
                 if not field.allow_none:
                     errors[key] = [str(field.error_messages["null"])]
-            else:
+            elif key in validated:
                 problems = _run_validators(field, value)
                 if problems:
                     errors[key] = problems
@@ -183,16 +198,18 @@ def build_schema(entity: Entity, locale: str | None = "en") -> type[RecordSchema
 
 def _run_validators(field: fields.Field, value: Any) -> list[str]:
     problems: list[str] = []
-    checks = [(validator, value) for validator in field.validators]
-    if isinstance(field, fields.List):
-        checks += [
-            (validator, item) for item in value for validator in field.inner.validators
-        ]
-    for validator, item in checks:
+    for validator in field.validators:
         try:
-            validator(item)
+            validator(value)
         except ValidationError as err:
             problems.extend(str(message) for message in err.messages)
+    if isinstance(field, fields.List):
+        for item in value:
+            for validator in field.inner.validators:
+                try:
+                    validator(item)
+                except ValidationError as err:
+                    problems.extend(str(message) for message in err.messages)
     return problems
 
 

@@ -1,0 +1,292 @@
+"""Record history and audit log search over the change journal.
+
+The API, the HTML views and the CLI call these functions. They parse the
+request's filters and read the tenant's journal. They also describe each
+entry with the labels of the tenant's definition and the names of its users.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from metadata_engine.model import Definition, Entity
+from renderers import formatting
+
+from . import journal
+from .control import Actor
+from .errors import BadQuery, Forbidden
+from .tenancy import Platform, TenantRuntime
+
+#: Entries on one page of the history or the audit log.
+PAGE_SIZE = 50
+#: System columns the journal records, with their labels.
+SYSTEM_LABELS = {"owner_id": {"en": "Owner", "zh-CN": "负责人"}}
+
+
+@dataclass(frozen=True)
+class Change:
+    """One field of an entry: its label and the values before and after."""
+
+    name: str
+    label: str
+    before: Any
+    after: Any
+
+
+def parse_query(args: Mapping[str, str], definition: Definition) -> journal.AuditQuery:
+    """Build an audit query from request arguments, naming any bad one."""
+    query = journal.AuditQuery(limit=PAGE_SIZE)
+    entity = (args.get("entity") or "").strip()
+    if entity:
+        if not definition.has_entity(entity):
+            raise BadQuery(
+                f"unknown entity {entity!r} in 'entity': use one of "
+                + ", ".join(item.name for item in definition.entities),
+                details={"entity": [f"unknown entity {entity!r}"]},
+            )
+        query.entity = entity
+    query.record_id = (args.get("record_id") or "").strip() or None
+    query.actor_id = (args.get("actor") or "").strip() or None
+    query.action = (args.get("action") or "").strip() or None
+    query.since = _parse_day(args, "since")
+    until = _parse_day(args, "until")
+    # "until" names the last day included.
+    query.until = until + dt.timedelta(days=1) if until else None
+    field = (args.get("field") or "").strip()
+    if field:
+        query.fields = [field]
+    query.before_seq = parse_int(args, "before_seq")
+    limit = parse_int(args, "limit")
+    if limit is not None:
+        query.limit = max(1, min(limit, journal.MAX_PAGE))
+    return query
+
+
+def _parse_day(args: Mapping[str, str], name: str) -> dt.datetime | None:
+    text = (args.get(name) or "").strip()
+    if not text:
+        return None
+    try:
+        day = dt.date.fromisoformat(text)
+    except ValueError as err:
+        raise BadQuery(
+            f"invalid date {text!r} in {name!r}: use YYYY-MM-DD, e.g. 2026-12-31",
+            details={name: ["use YYYY-MM-DD"]},
+        ) from err
+    return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+
+
+def parse_int(args: Mapping[str, str], name: str) -> int | None:
+    text = (args.get(name) or "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or len(text) > 18:
+        raise BadQuery(
+            f"invalid number {text!r} in {name!r}: use a whole number",
+            details={name: ["use a whole number"]},
+        )
+    return int(text)
+
+
+def require_audit_access(runtime: TenantRuntime, actor: Actor) -> None:
+    """Raise ``Forbidden`` unless ``actor`` may search the tenant's audit log:
+    tenant admins, on a plan that includes the audit log."""
+    if not actor.is_admin:
+        raise Forbidden(
+            "only tenant admins can search the audit log: ask an admin of "
+            f"tenant {runtime.slug!r}"
+        )
+    from .billing import require_feature
+
+    require_feature(runtime.tenant, "audit_log")
+
+
+def search(runtime: TenantRuntime, query: journal.AuditQuery) -> list[journal.Entry]:
+    with runtime.engine.connect() as conn:
+        return journal.search(conn, query)
+
+
+def record_history(
+    runtime: TenantRuntime, entity: str, record_id: str, before_seq: int | None = None
+) -> list[journal.Entry]:
+    """Return one record's entries, newest first, a page at a time."""
+    query = journal.AuditQuery(
+        entity=entity, record_id=record_id, before_seq=before_seq, limit=PAGE_SIZE
+    )
+    return search(runtime, query)
+
+
+def changes(entity: Entity | None, entry: journal.Entry, locale: str) -> list[Change]:
+    """Return the entry's changed fields in the order of the entity's fields."""
+    order = {name: index for index, name in enumerate(SYSTEM_LABELS)}
+    if entity is not None:
+        for index, field in enumerate(entity.fields, start=len(order)):
+            order[field.name] = index
+    result = []
+    for name in sorted(entry.changes, key=lambda key: (order.get(key, 10**6), key)):
+        values = entry.changes[name]
+        before, after = (values + [None, None])[:2] if isinstance(values, list) else (
+            None, None)
+        result.append(Change(name, label_of(entity, name, locale), before, after))
+    return result
+
+
+def label_of(entity: Entity | None, name: str, locale: str) -> str:
+    if name in SYSTEM_LABELS:
+        labels = SYSTEM_LABELS[name]
+        return labels.get(locale, labels["en"])
+    if entity is not None and entity.has_field(name):
+        return entity.field(name).label.get(locale)
+    return name
+
+
+def actor_names(platform: Platform, entries: Sequence[journal.Entry]) -> dict[str, str]:
+    ids = {entry.actor_id for entry in entries if entry.actor_id}
+    for entry in entries:
+        owner = entry.changes.get("owner_id")
+        if isinstance(owner, list):
+            ids.update(str(value) for value in owner if value)
+    return platform.control.user_names(ids) if ids else {}
+
+
+def next_before_seq(entries: Sequence[journal.Entry], limit: int) -> int | None:
+    """Return the ``before_seq`` of the next page, or None on the last one."""
+    if len(entries) < limit or not entries:
+        return None
+    return entries[-1].seq
+
+
+# Display
+
+
+@dataclass(frozen=True)
+class Row:
+    """One entry as the history page and the audit log page show it."""
+
+    entry: journal.Entry
+    entity: Entity | None
+    actor: str
+    changes: list[Change]
+    #: The record's title now, or its last journaled one if it was deleted.
+    title: str
+
+
+#: Returns the titles of the records of one entity by id.
+TitleLookup = Callable[[str, set[str]], Mapping[str, str]]
+
+
+def describe(
+    platform: Platform,
+    runtime: TenantRuntime,
+    entries: Sequence[journal.Entry],
+    locale: str,
+    titles_of: TitleLookup | None = None,
+) -> list[Row]:
+    """Return the entries with labels, user names and display values.
+
+    With ``titles_of``, records and lookup values are shown by title.
+    """
+    users = actor_names(platform, entries)
+    definition = runtime.definition
+    titles = _titles(definition, entries, titles_of) if titles_of else {}
+    rows = []
+    for entry in entries:
+        entity = (
+            definition.entity(entry.entity) if definition.has_entity(entry.entity)
+            else None
+        )
+        described = [
+            Change(
+                change.name,
+                change.label,
+                display_value(entity, change.name, change.before, locale, users,
+                              titles),
+                display_value(entity, change.name, change.after, locale, users,
+                              titles),
+            )
+            for change in changes(entity, entry, locale)
+        ]
+        actor = users.get(entry.actor_id or "", entry.actor_id or "")
+        title = titles.get((entry.entity, entry.record_id)) or _journaled_title(
+            entity, entry
+        )
+        rows.append(Row(entry=entry, entity=entity, actor=actor,
+                        changes=described, title=title or entry.record_id))
+    return rows
+
+
+def _titles(
+    definition: Definition,
+    entries: Sequence[journal.Entry],
+    titles_of: TitleLookup,
+) -> dict[tuple[str, str], str]:
+    """Look up, one query per entity, the titles of the entries' records and
+    of the records their lookup values point at."""
+    wanted: dict[str, set[str]] = {}
+    for entry in entries:
+        if not definition.has_entity(entry.entity):
+            continue
+        wanted.setdefault(entry.entity, set()).add(entry.record_id)
+        entity = definition.entity(entry.entity)
+        for field in entity.lookups:
+            values = entry.changes.get(field.name)
+            if field.target and isinstance(values, list):
+                ids = {str(value) for value in values if isinstance(value, str)}
+                wanted.setdefault(field.target, set()).update(ids)
+    titles: dict[tuple[str, str], str] = {}
+    for entity_name, ids in wanted.items():
+        for record_id, title in titles_of(entity_name, ids).items():
+            titles[(entity_name, record_id)] = title
+    return titles
+
+
+def _journaled_title(entity: Entity | None, entry: journal.Entry) -> str | None:
+    if entity is None:
+        return None
+    values = entry.changes.get(entity.title_field)
+    if isinstance(values, list):
+        for value in reversed(values):
+            if isinstance(value, str) and value not in {journal.REDACTED}:
+                return value
+    return None
+
+
+def display_value(
+    entity: Entity | None,
+    name: str,
+    value: Any,
+    locale: str,
+    users: Mapping[str, str],
+    titles: Mapping[tuple[str, str], str] | None = None,
+) -> str:
+    """Return a journal value as display text; values the journal stores as
+    text (decimals, dates) are parsed back so they format like the record."""
+    if value is None:
+        return ""
+    if name == "owner_id":
+        return users.get(str(value), str(value))
+    special = isinstance(value, str) and value in {journal.REDACTED, journal.ERASED}
+    if special or entity is None or not entity.has_field(name):
+        return str(value)
+    field = entity.field(name)
+    if field.type == "lookup" and field.target:
+        return (titles or {}).get((field.target, str(value)), str(value))
+    try:
+        parsed = _parse_journal_value(field.type, value)
+    except (ValueError, ArithmeticError):
+        return str(value)
+    return formatting.format_value(field, parsed, locale)
+
+
+def _parse_journal_value(type_name: str, value: Any) -> Any:
+    if type_name in {"decimal", "currency", "percent"}:
+        return decimal.Decimal(str(value))
+    if type_name == "date":
+        return dt.date.fromisoformat(str(value))
+    if type_name == "datetime":
+        return dt.datetime.fromisoformat(str(value))
+    return value
