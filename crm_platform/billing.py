@@ -5,14 +5,20 @@ seats for. A tenant without one has no limit. The daily billing run records
 each subscribed tenant's seats in use and seats paid (seat-days, the unit an
 invoice counts), and makes the tenant read-only once its paid period and
 grace days are over. The run never suspends or deletes a tenant.
+
+A plan also names the features it includes (``FEATURES``), which
+``require_feature`` checks, and may set a record quota, which
+``RecordService`` checks. A tenant without a subscription has every feature
+and no quota.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -26,12 +32,20 @@ from .control import (
     subscriptions,
     tenants,
 )
-from .errors import NotFound, PlatformError
+from .errors import LimitReached, NotFound, PlatformError
 
 log = logging.getLogger(__name__)
 
 PLAN_CODE_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 DEFAULT_GRACE_DAYS = 14
+#: The features a plan can include, with the words messages use for them. A
+#: tenant without a subscription has every feature.
+FEATURES: dict[str, str] = {
+    "api": "the REST API with tokens",
+    "import": "CSV import",
+    "export": "CSV and JSON export",
+    "audit_log": "audit log search",
+}
 
 
 @dataclass(frozen=True)
@@ -103,13 +117,38 @@ def count_members(conn: sa.Connection, tenant_id: str) -> int:
     return int(conn.execute(query).scalar_one())
 
 
+@contextlib.contextmanager
+def membership_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """Open a transaction that counts members and then changes them.
+
+    On SQLite it starts with ``BEGIN IMMEDIATE``, which takes the database's
+    write lock before the first read. A second such transaction waits until
+    the first has committed (at most the busy timeout of
+    ``crm_platform.sqlite``), and then counts the members that the first one
+    added. On PostgreSQL the callers lock a row instead (see
+    ``check_seat_available``).
+    """
+    with engine.begin() as conn:
+        if conn.dialect.name == "sqlite":
+            # The pysqlite driver has not begun a transaction yet: it only
+            # does so before the first INSERT, UPDATE or DELETE.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        yield conn
+
+
 def check_seat_available(conn: sa.Connection, tenant: Tenant) -> None:
     """Raise ``SeatLimitReached`` if ``tenant`` has a subscription and every
-    paid seat is in use. Runs inside the transaction that adds the member."""
-    # NOTE: nothing locks the count, so on PostgreSQL two members added at the
-    # same moment can both pass the check and together exceed the paid seats.
+    paid seat is in use.
+
+    Runs inside the ``membership_transaction`` that adds the member. On
+    PostgreSQL it locks the tenant's subscription row (``FOR UPDATE``) until
+    that transaction ends, so two members added at the same moment are
+    counted one after the other and never exceed the paid seats together.
+    """
     seats = conn.execute(
-        sa.select(subscriptions.c.seats).where(subscriptions.c.tenant_id == tenant.id)
+        sa.select(subscriptions.c.seats)
+        .where(subscriptions.c.tenant_id == tenant.id)
+        .with_for_update()
     ).scalar()
     if seats is None:
         return
@@ -122,6 +161,42 @@ def check_seat_available(conn: sa.Connection, tenant: Tenant) -> None:
         f"{tenant.slug} PLAN --seats N --until YYYY-MM-DD' or remove a member "
         f"with 'metacrm user remove {tenant.slug} EMAIL'",
         details={"seats_used": used, "seats_paid": seats},
+    )
+
+
+# Plan features
+
+
+def check_feature_names(names: Sequence[str]) -> None:
+    """Raise ``PlatformError`` naming the first of ``names`` that is not in
+    ``FEATURES``."""
+    for name in names:
+        if name not in FEATURES:
+            raise PlatformError(
+                f"unknown plan feature {name!r}: use one or more of "
+                + ", ".join(FEATURES)
+            )
+
+
+def has_feature(tenant: Tenant, name: str) -> bool:
+    """Return whether ``tenant``'s plan includes the feature ``name``. A
+    tenant without a subscription has every feature."""
+    check_feature_names([name])
+    return tenant.features is None or name in tenant.features
+
+
+def require_feature(tenant: Tenant, name: str) -> None:
+    """Raise ``LimitReached`` if ``tenant``'s plan does not include the
+    feature ``name`` (one of ``FEATURES``)."""
+    if has_feature(tenant, name):
+        return
+    plan = tenant.plan or "?"
+    raise LimitReached(
+        f"the plan {plan!r} of tenant {tenant.slug!r} does not include "
+        f"{FEATURES[name]} (feature {name!r}); ask the service operator to move "
+        f"the tenant to a plan that includes it with 'metacrm subscription set "
+        f"{tenant.slug} PLAN --until YYYY-MM-DD'",
+        details={"feature": name, "plan": plan},
     )
 
 
@@ -145,6 +220,7 @@ def create_plan(
         raise PlatformError(f"invalid seat count {seats!r}: use 1 or more")
     if record_quota is not None and record_quota < 0:
         raise PlatformError(f"invalid record quota {record_quota!r}: use 0 or more")
+    check_feature_names(features)
     if find_plan(control, code) is not None:
         raise PlatformError(f"plan {code!r} already exists")
     with control.engine.begin() as conn:

@@ -4,6 +4,8 @@ plane and the command line."""
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -11,10 +13,12 @@ from click.testing import CliRunner, Result
 
 from crm_platform.billing import (
     SeatLimitReached,
+    check_seat_available,
     create_plan,
     find_plan,
     get_subscription,
     list_seat_days,
+    membership_transaction,
     run_billing,
     set_subscription,
 )
@@ -28,6 +32,8 @@ from tests.conftest import STANDARD_CRM, make_member
 pytestmark = pytest.mark.both_backends
 
 PAID_UNTIL = dt.date(2026, 1, 31)
+#: Seconds a thread of the lock test waits for the other at most.
+LOCK_WAIT = 10
 
 
 def subscribe(platform: Platform, seats: int, grace_days: int = 14) -> None:
@@ -79,6 +85,42 @@ def test_removed_member_frees_seat(platform: Platform, admin: Actor) -> None:
     added = make_member(platform, "acme", "new@example.com", "sales_rep")
     assert added.role == "sales_rep"
     assert platform.control.actor(tenant, rep) is None
+
+
+def test_seat_count_waits_for_writer(platform: Platform, admin: Actor) -> None:
+    """A second seat count waits until the transaction holding the lock ends:
+    BEGIN IMMEDIATE on SQLite, the subscription row on PostgreSQL."""
+    subscribe(platform, seats=3)
+    tenant = platform.control.get_tenant("acme")
+    engine = platform.control.engine
+    locked = threading.Event()
+    release = threading.Event()
+    finished: list[str] = []
+
+    def hold() -> None:
+        with membership_transaction(engine) as conn:
+            check_seat_available(conn, tenant)
+            locked.set()
+            release.wait(LOCK_WAIT)
+        finished.append("first")
+
+    def count() -> None:
+        locked.wait(LOCK_WAIT)
+        with membership_transaction(engine) as conn:
+            check_seat_available(conn, tenant)
+        finished.append("second")
+
+    threads = [threading.Thread(target=hold), threading.Thread(target=count)]
+    for thread in threads:
+        thread.start()
+    assert locked.wait(LOCK_WAIT)
+    time.sleep(0.5)
+    waiting = list(finished)
+    release.set()
+    for thread in threads:
+        thread.join(LOCK_WAIT)
+    assert waiting == []
+    assert finished == ["first", "second"]
 
 
 def test_remove_member_revokes_tokens(platform: Platform, admin: Actor) -> None:
