@@ -54,30 +54,42 @@ class Result:
 
     ``ratio`` is always MetaCRM's value divided by the baseline's, in the
     row's unit. For a time (``higher_is_better`` false) the target is an upper
-    bound on the ratio, and for a speed it is a lower bound.
+    bound on the ratio, and for a speed it is a lower bound. A row without a
+    baseline compares MetaCRM's value itself with the target, and a row
+    without a target only reports its numbers.
     """
 
     name: str
     unit: str
     metacrm: float
-    baseline: float
-    target: float
+    baseline: float | None
+    target: float | None
     higher_is_better: bool
     details: list[str] = field(default_factory=list)
 
     @property
-    def ratio(self) -> float:
+    def ratio(self) -> float | None:
+        if self.baseline is None:
+            return None
         return self.metacrm / self.baseline
 
     @property
-    def met(self) -> bool:
+    def met(self) -> bool | None:
+        """True if the target is met, False if not, None without a target."""
+        if self.target is None:
+            return None
+        compared = self.metacrm if self.ratio is None else self.ratio
         if self.higher_is_better:
-            return self.ratio >= self.target
-        return self.ratio <= self.target
+            return compared >= self.target
+        return compared <= self.target
 
     @property
     def target_text(self) -> str:
+        if self.target is None:
+            return "—"
         sign = "≥" if self.higher_is_better else "≤"
+        if self.baseline is None:
+            return f"{sign} {self.target:g} {self.unit}"
         return f"{sign} {self.target:.2f}×"
 
 

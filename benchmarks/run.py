@@ -1,11 +1,14 @@
 """Run the benchmarks and print one table: MetaCRM, baseline, ratio, target.
 
-``python -m benchmarks`` runs all three at full size, which took under 2
-minutes on the 2-core machine of docs/benchmarks.md, including about half a
-minute to generate the list database the first time. ``python -m benchmarks
---quick`` is a smoke run with small sizes. Sizes come from the options
-below, whose defaults can be set with the environment variables named in
-``--help``.
+``python -m benchmarks`` runs the three comparisons with hand-written code
+(api, list, import) at full size, which took under 2 minutes on the 2-core
+machine of docs/benchmarks.md, including about half a minute to generate the
+list database the first time. The tenants benchmark runs only when named
+(``--only tenants``) because it takes 15 to 30 minutes at its default size
+(an estimate for an idle machine, and the recorded run under load).
+``python -m benchmarks --quick`` is a smoke run with small sizes. Sizes come
+from the options below, whose defaults can be set with the environment
+variables named in ``--help``.
 """
 
 from __future__ import annotations
@@ -25,9 +28,14 @@ from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
+from .bench_tenants import BACKENDS, BackendsFailed, TenantSizes
 from .common import Result, log
 
-BENCHMARKS = ("api", "list", "import")
+BENCHMARKS = ("api", "list", "import", "tenants")
+#: The benchmarks that run without ``--only``.
+DEFAULT_BENCHMARKS = ("api", "list", "import")
+#: Seconds the tenants benchmark may spend on each backend before it stops.
+TENANTS_TIMEOUT_S = 1200
 PACKAGES = ("SQLAlchemy", "Flask", "marshmallow", "waitress", "Werkzeug")
 
 
@@ -40,10 +48,17 @@ class Sizes:
     list_rounds: int
     import_rows: int
     import_rounds: int
+    tenants: int
+    tenant_accounts: int
+    active_tenants: int
+    tenant_rounds: int
+    tenant_requests: int
 
 
 QUICK = Sizes(api_requests=300, api_rounds=3, list_rows=20_000, list_pages=50,
-              list_rounds=3, import_rows=5_000, import_rounds=2)
+              list_rounds=3, import_rows=5_000, import_rounds=2, tenants=20,
+              tenant_accounts=60, active_tenants=10, tenant_rounds=4,
+              tenant_requests=30)
 
 
 def _env_int(name: str, default: int) -> int:
@@ -63,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--only", action="append", choices=BENCHMARKS,
                         help="Run only this benchmark; repeat for several "
-                        "[default: all].")
+                        "[default: api, list and import; tenants runs only "
+                        "when named].")
     parser.add_argument("--quick", action="store_true",
                         help="Smoke run with small sizes; overrides every size "
                         "option.")
@@ -78,14 +94,33 @@ def build_parser() -> argparse.ArgumentParser:
         ("--import-rows", "BENCH_IMPORT_ROWS", 50_000, "rows of the imported CSV"),
         ("--import-rounds", "BENCH_IMPORT_ROUNDS", 5,
          "timed imports per side"),
+        ("--tenants", "BENCH_TENANTS", 1000,
+         "tenants provisioned per backend by the tenants benchmark"),
+        ("--tenant-accounts", "BENCH_TENANT_ACCOUNTS", 200,
+         "accounts in each tenant"),
+        ("--active-tenants", "BENCH_ACTIVE_TENANTS", 100,
+         "tenants that serve a list request before the memory reading"),
+        ("--tenant-rounds", "BENCH_TENANT_ROUNDS", 15,
+         "timed list-request rounds per server"),
+        ("--tenant-requests", "BENCH_TENANT_REQUESTS", 100,
+         "list requests per round"),
     )
     for option, variable, default, text in sizes:
         parser.add_argument(option, type=int, default=_env_int(variable, default),
                             help=f"Number of {text} [env: {variable}; default: "
                             f"{default:,}].")
-    parser.add_argument("--timeout", type=int, default=1800, metavar="SECONDS",
+    parser.add_argument("--tenant-backend", action="append", choices=BACKENDS,
+                        help="Run the tenants benchmark on this backend; repeat "
+                        "for both [default: sqlite and postgresql].")
+    parser.add_argument("--tenants-timeout", type=int, default=TENANTS_TIMEOUT_S,
+                        metavar="SECONDS",
+                        help="Stop the tenants benchmark, its servers and its "
+                        "PostgreSQL if one backend takes longer, in seconds "
+                        f"[default: {TENANTS_TIMEOUT_S}].")
+    parser.add_argument("--timeout", type=int, default=3600, metavar="SECONDS",
                         help="Print every thread's stack and exit with status 1 "
-                        "if the whole run takes longer [default: 1800].")
+                        "if the whole run takes longer, in seconds [default: "
+                        "3600].")
     parser.add_argument("--json", type=Path, metavar="PATH",
                         help="Also write the results and machine facts to PATH.")
     parser.add_argument("-v", "--verbose", action="store_true",
@@ -145,18 +180,28 @@ def format_table(results: list[Result]) -> str:
     ]
     for result in results:
         number = "{:,.0f}" if result.unit == "rows/s" else "{:.3f}"
+        baseline = "—" if result.baseline is None else number.format(result.baseline)
+        ratio = "—" if result.ratio is None else f"{result.ratio:.2f}×"
         lines.append(
             f"| {result.name} | {result.unit} | {number.format(result.metacrm)} | "
-            f"{number.format(result.baseline)} | {result.ratio:.2f}× | "
-            f"{result.target_text} | {'met' if result.met else 'missed'} |"
+            f"{baseline} | {ratio} | {result.target_text} | {_verdict(result)} |"
         )
     return "\n".join(lines)
 
 
-def _benchmarks(sizes: Sizes) -> dict[str, Callable[[], list[Result]]]:
-    from . import bench_api_create, bench_import, bench_list
+def _verdict(result: Result) -> str:
+    if result.met is None:
+        return "no target"
+    return "met" if result.met else "missed"
+
+
+def _benchmarks(
+    sizes: Sizes, tenant_sizes: TenantSizes
+) -> dict[str, Callable[[], list[Result]]]:
+    from . import bench_api_create, bench_import, bench_list, bench_tenants
 
     return {
+        "tenants": lambda: bench_tenants.run(tenant_sizes),
         "api": lambda: bench_api_create.run(sizes.api_requests, sizes.api_rounds),
         "list": lambda: bench_list.run(sizes.list_rows, sizes.list_rounds,
                                        sizes.list_pages),
@@ -180,14 +225,23 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if options.quick else Sizes(
         options.api_requests, options.api_rounds, options.list_rows,
         options.list_pages, options.list_rounds, options.import_rows,
-        options.import_rounds,
+        options.import_rounds, options.tenants, options.tenant_accounts,
+        options.active_tenants, options.tenant_rounds, options.tenant_requests,
+    )
+    tenant_sizes = TenantSizes(
+        tenants=sizes.tenants, accounts=sizes.tenant_accounts,
+        active=min(sizes.active_tenants, sizes.tenants), rounds=sizes.tenant_rounds,
+        requests=sizes.tenant_requests,
+        backends=tuple(options.tenant_backend or BACKENDS),
+        timeout_s=options.tenants_timeout,
     )
     facts = machine_facts()
     for key, value in facts.items():
         print(f"{key}: {value}")
     print(f"sizes: {asdict(sizes)}")
 
-    results, failed = _run_all(options.only or list(BENCHMARKS), sizes)
+    names = options.only or list(DEFAULT_BENCHMARKS)
+    results, failed = _run_all(names, sizes, tenant_sizes)
     facts["load average at end"] = _load_average()
     print(f"\nload average at end: {facts['load average at end']}\n")
     print(format_table(results))
@@ -201,16 +255,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _run_all(names: list[str], sizes: Sizes) -> tuple[list[Result], list[str]]:
+def _run_all(
+    names: list[str], sizes: Sizes, tenant_sizes: TenantSizes
+) -> tuple[list[Result], list[str]]:
     """Run the named benchmarks and print their details; return the results
     and the names of the benchmarks that raised."""
     results: list[Result] = []
     failed: list[str] = []
-    runners = _benchmarks(sizes)
+    runners = _benchmarks(sizes, tenant_sizes)
     for name in names:
         started = time.perf_counter()
         try:
             found = runners[name]()
+        except BackendsFailed as err:
+            failed.append(name)
+            found = err.results
         except Exception:
             log.exception("benchmark %s failed", name)
             failed.append(name)
