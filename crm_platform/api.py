@@ -38,7 +38,9 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from metadata_engine.messages import normalize_locale
 
+from . import audit, journal, personal_data
 from .auth import authenticate_bearer, record_service
+from .billing import require_feature
 from .context import error_body
 from .control import Actor
 from .errors import BadQuery, NotFound, PlatformError, RecordInvalid
@@ -89,8 +91,10 @@ def _add_tenant(endpoint: str, values: dict[str, Any]) -> None:
 
 @blueprint.before_request
 def _authenticate() -> None:
-    """Load the tenant and the bearer token's user, then pick the locale."""
+    """Load the tenant and the bearer token's user, check that the tenant's
+    plan includes the API, then pick the locale."""
     actor = authenticate_bearer(g.tenant_slug, request.headers.get("Authorization"))
+    require_feature(g.runtime.tenant, "api")
     g.actor = actor
     g.locale = request_locale(actor)
 
@@ -121,7 +125,8 @@ def list_records(entity: str) -> Response:
     query = parse_list_query(model, request.args.to_dict(flat=False))
     page = service.list(entity, query)
     body: dict[str, Any] = {
-        "data": [record_to_json(model, record) for record in page.records],
+        "data": [record_to_json(model, record, g.actor.role)
+                 for record in page.records],
         "next_cursor": page.next_cursor,
     }
     if page.total is not None:
@@ -179,7 +184,7 @@ def related_records(entity: str, record_id: str) -> Response:
             "field": related.field.name,
             "label": related.entity.plural_label.get(g.locale),
             "field_label": related.field.label.get(g.locale),
-            "data": [record_to_json(related.entity, record)
+            "data": [record_to_json(related.entity, record, g.actor.role)
                      for record in related.page.records],
             "total": related.page.total,
             "list_url": url_for(".list_records", entity=related.entity.name,
@@ -188,9 +193,70 @@ def related_records(entity: str, record_id: str) -> Response:
     return jsonify({"data": lists})
 
 
+@blueprint.get("/records/<entity>/<record_id>/history")
+def record_history(entity: str, record_id: str) -> Response:
+    """List the record's change journal entries, newest first."""
+    record_service().get(entity, record_id)
+    before = audit.parse_int(request.args, "before_seq")
+    entries = audit.record_history(g.runtime, entity, record_id, before)
+    return jsonify(_journal_page(entries, audit.PAGE_SIZE))
+
+
+@blueprint.get("/audit")
+def audit_log() -> Response:
+    """Search the tenant's change journal (tenant admins only)."""
+    audit.require_audit_access(g.runtime, g.actor)
+    query = audit.parse_query(request.args, g.runtime.definition)
+    entries = audit.search(g.runtime, query)
+    return jsonify(_journal_page(entries, query.limit))
+
+
+@blueprint.get("/personal-data")
+def personal_data_export() -> Response:
+    """Return everything stored about one person (tenant admins only)."""
+    service = record_service()
+    personal_data.require_admin(service)
+    found = personal_data.find(
+        service,
+        request.args.get("email"),
+        request.args.get("entity"),
+        request.args.get("record_id"),
+    )
+    return jsonify(personal_data.export_document(service, found))
+
+
+@blueprint.post("/personal-data/erase")
+def personal_data_erase() -> Response:
+    """Blank the personal fields of one person's records (tenant admins)."""
+    service = record_service()
+    personal_data.require_admin(service)
+    body = read_json_object()
+    names = ("email", "entity", "record_id")
+    for name in names:
+        if body.get(name) is not None and not isinstance(body[name], str):
+            raise BadQuery(
+                f"invalid {name} {body[name]!r}: use a string",
+                details={name: ["use a string"]},
+            )
+    found = personal_data.find(
+        service, body.get("email"), body.get("entity"), body.get("record_id")
+    )
+    return jsonify({"data": personal_data.erase(service, found).as_json()})
+
+
+def _journal_page(entries: list[journal.Entry], limit: int) -> dict[str, Any]:
+    before = audit.next_before_seq(entries, limit)
+    next_url = None
+    if before is not None:
+        arguments = request.args.copy()
+        arguments["before_seq"] = str(before)
+        next_url = f"{request.base_url}?{urlencode(list(arguments.items(multi=True)))}"
+    return {"data": [entry.as_json() for entry in entries], "next": next_url}
+
+
 def _record_response(entity: str, record: Mapping[str, Any]) -> Response:
     model = g.runtime.entity(entity)
-    response = jsonify({"data": record_to_json(model, record)})
+    response = jsonify({"data": record_to_json(model, record, g.actor.role)})
     response.headers["ETag"] = f'"{record["version"]}"'
     return response
 

@@ -9,9 +9,12 @@ from flask import Flask, Response, g, jsonify, request
 
 from renderers import init_app as init_renderers
 
+from . import members as _members  # noqa: F401  (adds the members routes)
 from . import observability
+from . import web_audit as _web_audit  # noqa: F401  (adds the audit routes)
 from .api import blueprint as api_blueprint
 from .config import Settings, load_settings
+from .operator import blueprint as operator_blueprint
 from .tenancy import Platform
 from .web import blueprint as web_blueprint
 
@@ -57,6 +60,7 @@ def create_app(
 def _register_web(app: Flask) -> None:
     init_renderers(app)
     app.register_blueprint(web_blueprint)
+    app.register_blueprint(operator_blueprint)
 
 
 

@@ -59,12 +59,19 @@ def authenticate_bearer(slug: str, header: str | None) -> Actor:
 
 
 def check_not_suspended(runtime: TenantRuntime) -> None:
-    """Raise ``Forbidden`` for members of a suspended tenant."""
-    if runtime.tenant.status == "suspended":
+    """Raise ``Forbidden`` for members of a suspended or closed tenant."""
+    status = runtime.tenant.status
+    if status == "suspended":
         raise Forbidden(
             f"tenant {runtime.slug!r} is suspended: ask the service operator to "
             "resume it",
             details={"tenant_status": "suspended"},
+        )
+    if status == "closed":
+        raise Forbidden(
+            f"tenant {runtime.slug!r} is closed: ask the service operator to "
+            "reopen it before its data is purged",
+            details={"tenant_status": "closed"},
         )
 
 
@@ -125,4 +132,6 @@ def record_service(locale: str | None = None) -> RecordService:
     """Return the record service for the current tenant and user."""
     actor: Actor = g.actor
     chosen = normalize_locale(locale or g.get("locale") or actor.locale)
-    return get_platform().records(g.runtime, actor, chosen)
+    return get_platform().records(
+        g.runtime, actor, chosen, request_id=g.get("request_id")
+    )

@@ -20,9 +20,9 @@ from tqdm import tqdm
 from metadata_engine.errors import DefinitionError
 from metadata_engine.loader import load_definition
 
-from .billing import check_seat_available
+from .billing import check_seat_available, has_feature, require_feature
 from .config import Settings, load_settings
-from .control import ROLES, Actor
+from .control import ROLES, Actor, Tenant
 from .errors import PlatformError
 from .tenancy import Platform
 
@@ -235,6 +235,12 @@ def system_actor(platform: Platform, slug: str, email: str | None) -> Actor:
     "as_email",
     help="E-mail of the member to import as [default: the tenant's first admin].",
 )
+@click.option(
+    "--ignore-plan",
+    is_flag=True,
+    help="Run even if the tenant's plan does not include the import feature "
+    "(an operator's override; it is logged).",
+)
 @data_dir_option
 def import_command(
     slug: str,
@@ -247,6 +253,7 @@ def import_command(
     encoding: str,
     rejects: Path | None,
     as_email: str | None,
+    ignore_plan: bool,
     data_dir: Path | None,
 ) -> None:
     """Import the CSV FILE into ENTITY of tenant SLUG."""
@@ -265,6 +272,7 @@ def import_command(
             encoding,
             as_email,
             keep_existing,
+            ignore_plan,
         )
     )
     click.echo(report.summary())
@@ -292,10 +300,12 @@ def _import(
     encoding: str,
     as_email: str | None,
     keep_existing: bool,
+    ignore_plan: bool = False,
 ) -> Any:
     from .importer import ColumnMapping, import_csv
 
     runtime = platform.runtime(slug)
+    _log_plan_override(runtime.tenant, "import", ignore_plan)
     actor = system_actor(platform, slug, as_email)
     service = platform.records(runtime, actor, "en")
     mapping = ColumnMapping.from_file(mapping_path) if mapping_path else None
@@ -321,8 +331,20 @@ def _import(
             progress=progress,
             keep_existing=keep_existing,
             key=key,
+            check_plan=not ignore_plan,
         )
     return report
+
+
+def _log_plan_override(tenant: Tenant, feature: str, ignore_plan: bool) -> None:
+    """Log an operator's ``--ignore-plan`` on a plan without ``feature``, or
+    raise ``LimitReached`` before any file is opened without it."""
+    if has_feature(tenant, feature):
+        return
+    if not ignore_plan:
+        require_feature(tenant, feature)
+    log.warning("ran %s on tenant %s despite its plan %s: --ignore-plan",
+                feature, tenant.slug, tenant.plan)
 
 
 @main.command()
@@ -342,6 +364,12 @@ def _import(
     help="File to write [default: standard output].",
 )
 @click.option("--as", "as_email", help="E-mail of the member to export as.")
+@click.option(
+    "--ignore-plan",
+    is_flag=True,
+    help="Run even if the tenant's plan does not include the export feature "
+    "(an operator's override; it is logged).",
+)
 @data_dir_option
 def export(
     slug: str,
@@ -349,6 +377,7 @@ def export(
     file_format: str,
     output: Path | None,
     as_email: str | None,
+    ignore_plan: bool,
     data_dir: Path | None,
 ) -> None:
     """Export every record of ENTITY of tenant SLUG as CSV or JSON."""
@@ -358,6 +387,7 @@ def export(
 
     def action() -> int:
         runtime = platform.runtime(slug)
+        _log_plan_override(runtime.tenant, "export", ignore_plan)
         service = platform.records(runtime, system_actor(platform, slug, as_email))
         handle = (
             output.open("w", newline="", encoding="utf-8") if output else sys.stdout
@@ -375,6 +405,7 @@ def export(
                     handle,
                     file_format,
                     progress=lambda n: bar.update(n - bar.n),
+                    check_plan=not ignore_plan,
                 )
         finally:
             if output:
@@ -403,6 +434,11 @@ def user() -> None:
 @click.option(
     "--locale", type=click.Choice(["en", "zh-CN"]), default="en", show_default=True
 )
+@click.option(
+    "--operator",
+    is_flag=True,
+    help="Also let the user sign in at /operator/ to manage every tenant.",
+)
 @data_dir_option
 def user_create(
     slug: str,
@@ -411,6 +447,7 @@ def user_create(
     name: str | None,
     password_stdin: bool,
     locale: str,
+    operator: bool,
     data_dir: Path | None,
 ) -> None:
     """Create user EMAIL as a member of SLUG, or add an existing user of
@@ -443,6 +480,11 @@ def user_create(
 
     run_safely(action)
     click.echo(f"{email} is a member of {slug} with role {role}")
+    if operator:
+        from .operator import set_operator
+
+        run_safely(lambda: set_operator(platform.control, email, grant=True))
+        click.echo(f"{email} is an operator")
 
 
 def member_id(platform: Platform, slug: str, email: str) -> str:
@@ -988,3 +1030,250 @@ def billing_seat_days(
     click.echo(
         f"total: {paid} paid seat-days, {used} used, over {len(rows)} recorded days"
     )
+
+
+@main.group()
+def keys() -> None:
+    """Generate field encryption keys, count and rotate encrypted values."""
+
+
+@keys.command("generate")
+@click.option(
+    "--id", "key_id", help="Id of the new key [default: k + the UTC time]."
+)
+def keys_generate(key_id: str | None) -> None:
+    """Print a new 'id:base64key' entry for METACRM_ENCRYPTION_KEYS."""
+    from .crypto import new_key_line
+
+    click.echo(run_safely(lambda: new_key_line(key_id)))
+
+
+@keys.command("status")
+@click.option("--tenant", "slug", help="Only this tenant [default: every tenant].")
+@data_dir_option
+def keys_status(slug: str | None, data_dir: Path | None) -> None:
+    """Count each tenant's encrypted values per key id."""
+    from functools import partial
+
+    from .crypto import count_key_ids
+
+    _, platform = open_platform(data_dir)
+    click.echo(f"active key: {platform.key_ring.active_id}")
+    for runtime in run_safely(lambda: _key_tenants(platform, slug)):
+        counts = run_safely(partial(count_key_ids, runtime))
+        parts = [f"{key_id}={count}" for key_id, count in sorted(counts.items())]
+        click.echo(f"{runtime.slug}\t{' '.join(parts) or 'no values'}")
+
+
+@keys.command("rotate")
+@click.option("--tenant", "slug", help="Only this tenant [default: every tenant].")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 10_000),
+    default=500,
+    show_default=True,
+    help="Rows re-encrypted per transaction.",
+)
+@data_dir_option
+def keys_rotate(slug: str | None, batch_size: int, data_dir: Path | None) -> None:
+    """Re-encrypt every sensitive value not under the active key (the first
+    of METACRM_ENCRYPTION_KEYS). Safe to interrupt and run again."""
+    from functools import partial
+
+    from .crypto import count_pending, rotate_tenant
+
+    _, platform = open_platform(data_dir)
+    ring = platform.key_ring
+    for runtime in run_safely(lambda: _key_tenants(platform, slug)):
+        pending = run_safely(partial(count_pending, runtime, ring))
+        with tqdm(
+            total=pending,
+            unit="rows",
+            desc=f"rotate {runtime.slug}",
+            file=sys.stderr,
+            disable=None,
+        ) as bar:
+            rotated = run_safely(
+                partial(rotate_tenant, runtime, ring, bar.update, batch_size)
+            )
+        click.echo(f"{runtime.slug}: re-encrypted {rotated} rows with key "
+                   f"{ring.active_id}")
+
+
+def _key_tenants(platform: Platform, slug: str | None) -> list[Any]:
+    """Return the runtimes of tenant ``slug``, or of every tenant with tables."""
+    if slug is not None:
+        return [platform.runtime(slug)]
+    return [
+        platform.runtime_for(tenant)
+        for tenant in platform.control.list_tenants()
+        if tenant.metadata_hash is not None
+    ]
+
+
+# Tenant lifecycle and operators
+
+
+def _utc(moment: dt.datetime | None) -> str:
+    return moment.isoformat(sep=" ", timespec="seconds") + " UTC" if moment else "-"
+
+
+def _check_new_file(path: Path) -> None:
+    if path.exists():
+        fail(f"{str(path)!r} already exists: choose a file name that is not taken")
+
+
+@tenant.command("close")
+@click.argument("slug")
+@data_dir_option
+def tenant_close(slug: str, data_dir: Path | None) -> None:
+    """Reject every member of SLUG and keep its data for METACRM_RETENTION_DAYS
+    days (default 30), after which 'tenant purge-due' deletes it."""
+    from .lifecycle import close_tenant
+
+    _, platform = open_platform(data_dir)
+    closed = run_safely(lambda: close_tenant(platform, slug))
+    click.echo(
+        f"tenant {slug} is closed; its data is kept until {_utc(closed.purge_after)}"
+    )
+
+
+@tenant.command("reopen")
+@click.argument("slug")
+@data_dir_option
+def tenant_reopen(slug: str, data_dir: Path | None) -> None:
+    """Give closed tenant SLUG back the status it had before it was closed."""
+    from .lifecycle import reopen_tenant
+
+    _, platform = open_platform(data_dir)
+    reopened = run_safely(lambda: reopen_tenant(platform, slug))
+    click.echo(f"tenant {slug} is {reopened.status.replace('_', '-')} again")
+
+
+export_file_option = click.option(
+    "--export",
+    "export_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Zip file to write the tenant's export archive to, and check, before "
+    "anything is deleted. The file must not exist yet.",
+)
+
+
+@tenant.command("purge")
+@click.argument("slug")
+@click.option(
+    "--now",
+    "before_due",
+    is_flag=True,
+    help="Purge before the retention period ends, in any status; needs --export.",
+)
+@export_file_option
+@data_dir_option
+def tenant_purge(
+    slug: str, before_due: bool, export_path: Path | None, data_dir: Path | None
+) -> None:
+    """Delete closed tenant SLUG's data once its retention period has passed.
+
+    The tenant row stays as a tombstone with status purged, so the slug is
+    not reused.
+    """
+    from .lifecycle import check_due, export_tenant, purge_tenant
+
+    if before_due and export_path is None:
+        fail(
+            "--now deletes the data before the retention period ends, so it needs "
+            "--export FILE: the export is written and checked first"
+        )
+    if export_path is not None:
+        _check_new_file(export_path)
+    _, platform = open_platform(data_dir)
+
+    def action() -> Any:
+        tenant_row = platform.control.get_tenant(slug)
+        if not before_due and tenant_row.status != "purged":
+            check_due(tenant_row, dt.datetime.now(dt.UTC).replace(tzinfo=None))
+        if export_path is not None and tenant_row.status != "purged":
+            export_tenant(platform, slug, export_path)
+            click.echo(f"wrote and checked the export of {slug} to {export_path}")
+        return purge_tenant(platform, slug, before_due=before_due)
+
+    purged = run_safely(action)
+    click.echo(f"tenant {slug} is purged ({_utc(purged.purged_at)})")
+
+
+@tenant.command("purge-due")
+@data_dir_option
+def tenant_purge_due(data_dir: Path | None) -> None:
+    """Purge every closed tenant whose retention period has passed; for cron.
+
+    Prints each purged tenant. Exits with status 1 if any purge failed.
+    """
+    from .lifecycle import purge_due
+
+    _, platform = open_platform(data_dir)
+    purged, failures = purge_due(platform)
+    for item in purged:
+        click.echo(f"purged tenant {item.slug} (closed {_utc(item.closed_at)})")
+    for failure in failures:
+        click.echo(f"purging tenant {failure.slug} failed: {failure.message}", err=True)
+    if not purged and not failures:
+        click.echo("no closed tenant is due for purging")
+    if failures:
+        sys.exit(1)
+
+
+@tenant.command("delete")
+@click.argument("slug")
+@export_file_option
+@click.option(
+    "--without-export",
+    is_flag=True,
+    help="Delete without writing an export first: the records are lost for good.",
+)
+@data_dir_option
+def tenant_delete(
+    slug: str, export_path: Path | None, without_export: bool, data_dir: Path | None
+) -> None:
+    """Export tenant SLUG, check the archive, and purge the tenant at once,
+    in any status. The tenant row stays as a tombstone."""
+    from .lifecycle import delete_tenant
+
+    if export_path is not None and without_export:
+        fail("pass either --export FILE or --without-export, not both")
+    if export_path is None and not without_export:
+        fail(
+            f"tenant {slug!r} was not deleted because no export was requested: "
+            "pass --export FILE to write and check one first, or --without-export "
+            "to delete its records for good"
+        )
+    if export_path is not None:
+        _check_new_file(export_path)
+    _, platform = open_platform(data_dir)
+    purged = run_safely(lambda: delete_tenant(platform, slug, export_path))
+    if export_path is not None:
+        click.echo(f"wrote and checked the export of tenant {slug} to {export_path}")
+    click.echo(f"tenant {slug} is purged ({_utc(purged.purged_at)})")
+
+
+@user.command("operator")
+@click.argument("email")
+@click.option(
+    "--grant/--revoke",
+    default=None,
+    help="Grant or revoke the right to sign in at /operator/ and manage every "
+    "tenant.",
+)
+@data_dir_option
+def user_operator(email: str, grant: bool | None, data_dir: Path | None) -> None:
+    """Make user EMAIL an operator (--grant) or no longer one (--revoke)."""
+    from .operator import set_operator
+
+    if grant is None:
+        fail("pass --grant or --revoke")
+    _, platform = open_platform(data_dir)
+    run_safely(lambda: set_operator(platform.control, email, grant=bool(grant)))
+    click.echo(f"{email} is {'now' if grant else 'no longer'} an operator")
+
+
+# Registers ``metacrm audit`` and ``metacrm personal-data`` on ``main``.
+from . import cli_audit as _cli_audit  # noqa: E402,F401

@@ -14,8 +14,9 @@ import logging
 import math
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from alembic.migration import MigrationContext
@@ -33,6 +34,11 @@ log = logging.getLogger(__name__)
 #: subscription, a migration in progress), or nothing (suspended by an
 #: operator). Operators' CLI commands work in every status.
 TENANT_STATUSES = ("active", "read_only", "suspended")
+#: Statuses at the end of a tenant's life, set only by
+#: ``crm_platform.lifecycle``: closed (members rejected as when suspended,
+#: data kept until ``purge_after``) and purged (storage dropped, the row kept
+#: as a tombstone so that the slug is never reused).
+END_STATUSES = ("closed", "purged")
 ROLES = ("admin", "sales_manager", "sales_rep", "service_agent", "read_only")
 SLUG_PATTERN = re.compile(r"^[a-z][a-z0-9-]{1,39}$")
 EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -64,6 +70,11 @@ tenants = sa.Table(
     sa.Column("metadata_hash", sa.String(64)),
     sa.Column("metadata_version", sa.Integer(), nullable=False, default=0),
     sa.Column("created_at", sa.DateTime(), nullable=False),
+    # Set by ``crm_platform.lifecycle`` when the tenant is closed and purged.
+    sa.Column("status_before_close", sa.String(20)),
+    sa.Column("closed_at", sa.DateTime()),
+    sa.Column("purge_after", sa.DateTime()),
+    sa.Column("purged_at", sa.DateTime()),
 )
 
 users = sa.Table(
@@ -85,6 +96,15 @@ users = sa.Table(
         default=0,
         server_default="0",
     ),
+    # Operators sign in at /operator/ and manage every tenant; see
+    # ``crm_platform.operator``.
+    sa.Column(
+        "is_operator",
+        sa.Boolean(),
+        nullable=False,
+        default=False,
+        server_default=sa.false(),
+    ),
 )
 
 memberships = sa.Table(
@@ -97,6 +117,9 @@ memberships = sa.Table(
         "user_id", sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
     ),
     sa.Column("role", sa.String(40), nullable=False),
+    # When the user became a member; empty for memberships made by versions
+    # that did not store it.
+    sa.Column("added_at", sa.DateTime()),
 )
 
 api_tokens = sa.Table(
@@ -166,6 +189,27 @@ web_sessions = sa.Table(
     sa.Column("created_at", sa.DateTime(), nullable=False),
 )
 
+#: Signed-in operator browser sessions, by the SHA-256 of their random id.
+#: They belong to no tenant, so they are kept apart from ``web_sessions``.
+operator_sessions = sa.Table(
+    "operator_sessions",
+    metadata,
+    sa.Column("id_hash", sa.String(64), primary_key=True),
+    sa.Column("user_id", sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("created_at", sa.DateTime(), nullable=False),
+)
+
+#: Failed operator sign-ins. They count towards the same lockout as the rows
+#: of ``failed_logins``, which need a tenant.
+operator_failed_logins = sa.Table(
+    "operator_failed_logins",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("email", sa.String(254), nullable=False, index=True),
+    sa.Column("client_address", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.DateTime(), nullable=False, index=True),
+)
+
 
 #: Subscription plans an operator sells: a default seat count, an optional
 #: record quota and the names of the features the plan includes.
@@ -209,11 +253,30 @@ seat_days = sa.Table(
     sa.Column("seats_paid", sa.Integer(), nullable=False),
 )
 
+#: Columns of a tenant's plan, read with the tenant row through outer joins
+#: (see ``_with_plan``): a tenant without a subscription gets NULL in each.
+_PLAN_COLUMNS = (
+    subscriptions.c.plan_code,
+    plans.c.record_quota,
+    plans.c.features,
+)
+
+
+def _with_plan(query: sa.Select[Any]) -> sa.Select[Any]:
+    """Outer-join ``query``, which selects from ``tenants``, to the tenant's
+    subscription and plan."""
+    return query.outerjoin(
+        subscriptions, subscriptions.c.tenant_id == tenants.c.id
+    ).outerjoin(plans, plans.c.code == subscriptions.c.plan_code)
+
+
 #: The tenant and member a token belongs to. It runs on every API request, so
-#: it is built once, and one query returns both the tenant row and the user.
+#: it is built once, and one query returns the tenant row with its plan, and
+#: the user.
 _TOKEN_QUERY = (
     sa.select(
         tenants,
+        *_PLAN_COLUMNS,
         users.c.id.label("user_id"),
         users.c.email,
         users.c.name.label("user_name"),
@@ -222,6 +285,8 @@ _TOKEN_QUERY = (
     )
     .select_from(api_tokens)
     .join(tenants, tenants.c.id == api_tokens.c.tenant_id)
+    .outerjoin(subscriptions, subscriptions.c.tenant_id == tenants.c.id)
+    .outerjoin(plans, plans.c.code == subscriptions.c.plan_code)
     .join(users, users.c.id == api_tokens.c.user_id)
     .join(
         memberships,
@@ -251,6 +316,18 @@ class Tenant:
     status: str
     metadata_hash: str | None
     metadata_version: int
+    created_at: dt.datetime | None = None
+    closed_at: dt.datetime | None = None
+    purge_after: dt.datetime | None = None
+    purged_at: dt.datetime | None = None
+    status_before_close: str | None = None
+    #: The plan's record quota; None without a subscription or quota.
+    record_quota: int | None = None
+    #: The features of the plan (see ``billing.FEATURES``); None without a
+    #: subscription, which means every feature.
+    features: frozenset[str] | None = None
+    #: The code of the subscribed plan, for messages; None without one.
+    plan: str | None = None
 
 
 @dataclass(frozen=True)
@@ -320,7 +397,21 @@ def _tenant_from(row: sa.RowMapping) -> Tenant:
         status=row["status"],
         metadata_hash=row["metadata_hash"],
         metadata_version=row["metadata_version"],
+        created_at=row["created_at"],
+        closed_at=row["closed_at"],
+        purge_after=row["purge_after"],
+        purged_at=row["purged_at"],
+        status_before_close=row["status_before_close"],
+        record_quota=row.get("record_quota"),
+        features=_features_from(row),
+        plan=row.get("plan_code"),
     )
+
+
+def _features_from(row: sa.RowMapping) -> frozenset[str] | None:
+    if row.get("plan_code") is None:
+        return None
+    return frozenset(row.get("features") or ())
 
 
 def utcnow() -> dt.datetime:
@@ -361,30 +452,45 @@ def lockout_end(failure_times: list[dt.datetime]) -> dt.datetime | None:
     return max(ends, default=None)
 
 
+#: Columns added after the first release, which older control planes lack.
+ADDED_COLUMNS = (
+    users.c.session_generation,
+    users.c.is_operator,
+    tenants.c.status_before_close,
+    tenants.c.closed_at,
+    tenants.c.purge_after,
+    tenants.c.purged_at,
+    memberships.c.added_at,
+)
+
+
 def add_missing_columns(conn: sa.Connection) -> None:
     """Add columns that control planes created by older versions lack.
 
     ``create_all`` creates missing tables but never alters existing ones.
     """
     schema = connection_schema(conn)
+    inspector = sa.inspect(conn)
     stored = {
-        column["name"] for column in sa.inspect(conn).get_columns("users", schema)
+        table: {column["name"] for column in inspector.get_columns(table, schema)}
+        for table in {column.table.name for column in ADDED_COLUMNS}
     }
-    if "session_generation" in stored:
-        return
     operations = Operations(MigrationContext.configure(conn))
-    column = users.c.session_generation
-    operations.add_column(
-        "users",
-        sa.Column(
-            column.name,
-            column.type,
-            nullable=False,
-            server_default=column.server_default.arg,  # type: ignore[union-attr]
-        ),
-        schema=schema,
-    )
-    log.info("added column users.session_generation to the control plane")
+    for column in ADDED_COLUMNS:
+        table = column.table.name
+        if column.name in stored[table]:
+            continue
+        operations.add_column(
+            table,
+            sa.Column(
+                column.name,
+                column.type,
+                nullable=column.nullable,
+                server_default=getattr(column.server_default, "arg", None),
+            ),
+            schema=schema,
+        )
+        log.info("added column %s.%s to the control plane", table, column.name)
 
 
 class ControlPlane:
@@ -412,7 +518,13 @@ class ControlPlane:
                 f"invalid tenant slug {slug!r}: use 2-40 lower-case letters, "
                 "digits and hyphens, starting with a letter"
             )
-        if self.find_tenant(slug) is not None:
+        existing = self.find_tenant(slug)
+        if existing is not None and existing.status == "purged":
+            raise TenantError(
+                f"tenant {slug!r} was purged and its slug is kept so that it is "
+                "not reused by someone else: choose another slug"
+            )
+        if existing is not None:
             raise TenantError(f"tenant {slug!r} already exists")
         row = {
             "id": str(uuid7()),
@@ -429,12 +541,10 @@ class ControlPlane:
         return self.get_tenant(slug)
 
     def find_tenant(self, slug: str) -> Tenant | None:
+        """Return the tenant ``slug`` with its plan's limits, or None."""
+        query = _with_plan(sa.select(tenants, *_PLAN_COLUMNS).select_from(tenants))
         with self.engine.connect() as conn:
-            row = (
-                conn.execute(sa.select(tenants).where(tenants.c.slug == slug))
-                .mappings()
-                .first()
-            )
+            row = conn.execute(query.where(tenants.c.slug == slug)).mappings().first()
         return None if row is None else _tenant_from(row)
 
     def get_tenant(self, slug: str) -> Tenant:
@@ -457,6 +567,16 @@ class ControlPlane:
                 + ", ".join(TENANT_STATUSES)
             )
         tenant = self.get_tenant(slug)
+        if tenant.status in END_STATUSES:
+            advice = (
+                f"reopen it first with 'metacrm tenant reopen {slug}'"
+                if tenant.status == "closed"
+                else "its data is gone; create a tenant with another slug"
+            )
+            raise TenantError(
+                f"tenant {slug!r} is {tenant.status}, so its status cannot be "
+                f"set to {status!r}: {advice}"
+            )
         with self.engine.begin() as conn:
             conn.execute(
                 tenants.update().where(tenants.c.id == tenant.id).values(status=status)
@@ -582,6 +702,11 @@ class ControlPlane:
                 .values(session_generation=users.c.session_generation + 1)
             )
             conn.execute(web_sessions.delete().where(web_sessions.c.user_id == user_id))
+            conn.execute(
+                operator_sessions.delete().where(
+                    operator_sessions.c.user_id == user_id
+                )
+            )
         if result.rowcount == 0:
             raise NotFound(f"user {user_id!r} not found")
         log.warning("ended every session of user %s", user_id)
@@ -603,32 +728,46 @@ class ControlPlane:
         role of an existing member.
 
         A new member of a subscribed tenant whose seats are all in use raises
-        ``PlatformError``.
+        ``billing.SeatLimitReached``. The seats are counted and the member
+        added in one locked transaction, so members added at the same moment
+        never exceed the paid seats together.
         """
         # Imported here because billing imports this module's tables.
-        from .billing import check_seat_available
+        from .billing import check_seat_available, membership_transaction
 
         if role not in ROLES:
             raise PlatformError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
-        with self.engine.begin() as conn:
-            removed = conn.execute(
-                memberships.delete().where(
-                    memberships.c.tenant_id == tenant.id,
-                    memberships.c.user_id == user_id,
-                )
-            )
-            if removed.rowcount == 0:
-                check_seat_available(conn, tenant)
+        member = sa.and_(
+            memberships.c.tenant_id == tenant.id, memberships.c.user_id == user_id
+        )
+        with membership_transaction(self.engine) as conn:
+            changed = conn.execute(memberships.update().where(member).values(role=role))
+            if changed.rowcount > 0:
+                return
+            check_seat_available(conn, tenant)
             conn.execute(
                 memberships.insert().values(
-                    tenant_id=tenant.id, user_id=user_id, role=role
+                    tenant_id=tenant.id, user_id=user_id, role=role, added_at=utcnow()
                 )
             )
 
-    def remove_member(self, tenant: Tenant, user_id: str) -> None:
+    def remove_member(
+        self,
+        tenant: Tenant,
+        user_id: str,
+        check: Callable[[sa.Connection], None] | None = None,
+    ) -> None:
         """End the user's membership of ``tenant``, and revoke the user's
-        browser sessions and API tokens there."""
-        with self.engine.begin() as conn:
+        browser sessions and API tokens there.
+
+        ``check`` runs first in the same transaction, which on SQLite holds
+        the write lock from its start, and may raise to stop the removal.
+        """
+        from .billing import membership_transaction
+
+        with membership_transaction(self.engine) as conn:
+            if check is not None:
+                check(conn)
             removed = conn.execute(
                 memberships.delete().where(
                     memberships.c.tenant_id == tenant.id,
@@ -772,12 +911,19 @@ class ControlPlane:
     ) -> dt.datetime | None:
         """Return when the lockout of ``email`` ends, or None if it has none."""
         now = now or utcnow()
+        email = email.strip().lower()
+        since = now - FAILED_LOGIN_RETENTION
         query = sa.select(failed_logins.c.created_at).where(
-            failed_logins.c.email == email.strip().lower(),
-            failed_logins.c.created_at > now - FAILED_LOGIN_RETENTION,
+            failed_logins.c.email == email,
+            failed_logins.c.created_at > since,
+        )
+        operator_query = sa.select(operator_failed_logins.c.created_at).where(
+            operator_failed_logins.c.email == email,
+            operator_failed_logins.c.created_at > since,
         )
         with self.engine.connect() as conn:
             times = list(conn.execute(query).scalars())
+            times += conn.execute(operator_query).scalars()
         end = lockout_end(times)
         return end if end is not None and end > now else None
 
@@ -822,13 +968,17 @@ class ControlPlane:
     def clear_failed_logins(self, email: str) -> int:
         """Delete the failed sign-ins of ``email``, which ends any lockout, and
         return how many there were."""
+        email = email.strip().lower()
         with self.engine.begin() as conn:
             result = conn.execute(
-                failed_logins.delete().where(
-                    failed_logins.c.email == email.strip().lower()
+                failed_logins.delete().where(failed_logins.c.email == email)
+            )
+            operator_result = conn.execute(
+                operator_failed_logins.delete().where(
+                    operator_failed_logins.c.email == email
                 )
             )
-        return int(result.rowcount)
+        return int(result.rowcount) + int(operator_result.rowcount)
 
     # Password resets and the outbox
 

@@ -1,4 +1,9 @@
-"""Export every record of an entity as CSV or JSON, page by page."""
+"""Export every record of an entity as CSV or JSON, page by page.
+
+An export shows what its user may see: sensitive fields are masked unless
+the user's role is one of the field's unmasked roles. The tenant archive
+reads records with ``iter_records`` and keeps them in full.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,10 @@ from typing import IO, Any
 
 from metadata_engine.model import SYSTEM_COLUMNS
 
+from .billing import require_feature
 from .querying import ListQuery
 from .records import RecordService
+from .serialize import mask_record
 
 PAGE_SIZE = 200
 FORMATS = ("csv", "json")
@@ -73,22 +80,35 @@ def export(
     output: IO[str],
     file_format: str = "csv",
     progress: Callable[[int], None] | None = None,
+    check_plan: bool = True,
 ) -> int:
-    """Write every record to ``output``; return how many were written."""
+    """Write every record to ``output``; return how many were written.
+
+    Raises ``LimitReached`` before writing anything if the tenant's plan does
+    not include the feature ``export``, unless ``check_plan`` is False (an
+    operator's override).
+    """
+    if check_plan:
+        require_feature(service.runtime.tenant, "export")
     entity = service.runtime.entity(entity_name)
     columns = [*SYSTEM_COLUMNS, *entity.field_names]
+    role = service.actor.role
+    records = (
+        mask_record(entity, record, role)
+        for record in iter_records(service, entity_name)
+    )
     count = 0
     if file_format == "csv":
         writer = csv.writer(output)
         writer.writerow(columns)
-        for record in iter_records(service, entity_name):
+        for record in records:
             writer.writerow([csv_cell(record.get(name)) for name in columns])
             count += 1
             if progress and count % PAGE_SIZE == 0:
                 progress(count)
     elif file_format == "json":
         output.write("[")
-        for record in iter_records(service, entity_name):
+        for record in records:
             item = {name: to_json_value(record.get(name)) for name in columns}
             output.write(("," if count else "") + "\n")
             output.write(json.dumps(item, ensure_ascii=False))

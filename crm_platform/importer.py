@@ -21,6 +21,7 @@ from metadata_engine import fieldtypes
 from metadata_engine.messages import messages_for
 from metadata_engine.model import Entity, Field
 
+from .billing import require_feature
 from .errors import PlatformError
 from .records import RecordService
 
@@ -143,8 +144,15 @@ def import_csv(
     progress: ProgressCallback | None = None,
     keep_existing: bool = False,
     key: str | None = None,
+    check_plan: bool = True,
 ) -> ImportReport:
-    """Import the rows of a CSV file into ``entity_name``."""
+    """Import the rows of a CSV file into ``entity_name``.
+
+    Raises ``LimitReached`` if the tenant's plan does not include the feature
+    ``import``, unless ``check_plan`` is False (an operator's override).
+    """
+    if check_plan:
+        require_feature(service.runtime.tenant, "import")
     entity = service.runtime.entity(entity_name)
     text = read_text(path, encoding)
     reader = csv.reader(io.StringIO(text, newline=""))

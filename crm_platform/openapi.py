@@ -76,6 +76,11 @@ ERROR_RESPONSES: tuple[tuple[str, int, str], ...] = (
      "Invalid query (`invalid_query`), JSON body (`invalid_json`) or header "
      "(`invalid_header`)."),
     ("Unauthorized", 401, "Missing, invalid, expired or revoked bearer token."),
+    ("Forbidden", 403,
+     "The tenant is suspended or the user's role does not allow the request "
+     "(`forbidden`), or the tenant's plan does not include the API or a limit "
+     "of the plan is reached (`plan_limit`: `details` names the `feature` and "
+     "`plan`, or the `record_quota`)."),
     ("NotFound", 404,
      "Unknown tenant, entity or record; records of other tenants are reported "
      "the same way."),
@@ -89,9 +94,10 @@ ERROR_RESPONSES: tuple[tuple[str, int, str], ...] = (
     ("InternalError", 500,
      "An unexpected error; `details.request_id` identifies it in the server log."),
 )
-READ_ERRORS = ("BadRequest", "Unauthorized", "NotFound", "InternalError")
+READ_ERRORS = ("BadRequest", "Unauthorized", "Forbidden", "NotFound", "InternalError")
 WRITE_ERRORS = (
-    "BadRequest", "Unauthorized", "NotFound", "Conflict", "PayloadTooLarge",
+    "BadRequest", "Unauthorized", "Forbidden", "NotFound", "Conflict",
+    "PayloadTooLarge",
     "ValidationFailed", "InternalError",
 )
 
@@ -143,6 +149,8 @@ def build_document(runtime: TenantRuntime, locale: str) -> dict[str, Any]:
         spec.components.schema(name, record_schema(entity, locale))
         _add_entity_paths(spec, definition, entity, name, locale)
     _add_metadata_paths(spec)
+    _add_member_paths(spec)
+    _add_journal_paths(spec)
 
     document = spec.to_dict()
     schemas = document["components"]["schemas"]
@@ -445,7 +453,9 @@ def _filterable_columns(
     for name in SYSTEM_COLUMNS:
         yield name, SYSTEM_TYPES[name], name, None
     for field in entity.fields:
-        yield field.name, field.type, field.label.get(locale), field
+        # Sensitive fields are stored encrypted, so the API rejects filters.
+        if not field.sensitive:
+            yield field.name, field.type, field.label.get(locale), field
 
 
 def _filter_value_schema(
@@ -475,7 +485,11 @@ def _filter_value_schema(
 def sort_pattern(entity: Entity) -> str:
     """Return a regular expression for ``sort``: sortable names, comma-separated."""
     names = [*SYSTEM_COLUMNS]
-    names += [f.name for f in entity.fields if fieldtypes.get(f.type).sortable]
+    names += [
+        f.name
+        for f in entity.fields
+        if fieldtypes.get(f.type).sortable and not f.sensitive
+    ]
     key = "-?(?:" + "|".join(re.escape(name) for name in names) + ")"
     return f"^{key}(?:,{key})*$"
 
@@ -762,6 +776,133 @@ def _add_metadata_paths(spec: APISpec) -> None:
             "200": {"description": "The OpenAPI 3.1 document.",
                     "content": {"application/json": {"schema": {"type": "object"}}}},
             **_error_refs(("Unauthorized", "NotFound", "InternalError")),
+        },
+    }})
+
+
+def _add_member_paths(spec: APISpec) -> None:
+    # Imported here because members imports the API module, which imports this.
+    from .members import openapi_components, openapi_paths
+
+    for name, schema in openapi_components().items():
+        spec.components.schema(name, schema)
+    spec.tag({"name": "Members", "description": "Members of the tenant and seats."})
+    paths = openapi_paths(_error_refs(READ_ERRORS), _error_refs(WRITE_ERRORS))
+    for path, item in paths.items():
+        operations = {key: value for key, value in item.items()
+                      if key != "parameters"}
+        spec.path(path=path, operations=operations,
+                  parameters=item.get("parameters"))
+
+
+JOURNAL_ENTRY = {
+    "type": "object",
+    "required": ["seq", "at", "action", "entity", "record_id", "changes"],
+    "properties": {
+        "seq": {"type": "integer", "description": "Gapless, in commit order."},
+        "at": {"type": "string", "format": "date-time"},
+        "actor_id": {"type": ["string", "null"]},
+        "action": {"type": "string", "enum": ["create", "update", "delete", "erase"]},
+        "entity": {"type": "string"},
+        "record_id": {"type": "string"},
+        "version": {"type": ["integer", "null"]},
+        "changes": {
+            "type": "object",
+            "description": "Changed fields as [before, after]. Sensitive values "
+            "read \"[encrypted]\" and erased ones \"[erased]\".",
+            "additionalProperties": {"type": "array", "minItems": 2, "maxItems": 2},
+        },
+        "request_id": {"type": ["string", "null"]},
+    },
+}
+JOURNAL_PAGE = {
+    "description": "Journal entries, newest first.",
+    "content": {"application/json": {"schema": {
+        "type": "object", "required": ["data", "next"],
+        "properties": {
+            "data": {"type": "array", "items": _ref("schemas", "JournalEntry")},
+            "next": {"type": ["string", "null"],
+                     "description": "URL of older entries."},
+        },
+    }}},
+}
+
+
+def _query_parameter(name: str, description: str, **schema: Any) -> dict[str, Any]:
+    return {"in": "query", "name": name, "required": False,
+            "description": description, "schema": schema or {"type": "string"}}
+
+
+def _add_journal_paths(spec: APISpec) -> None:
+    spec.components.schema("JournalEntry", JOURNAL_ENTRY)
+    spec.tag({"name": "Audit", "description": "The change journal and personal data."})
+    before = _query_parameter("before_seq", "Only entries below this number.",
+                              type="integer", minimum=1)
+    spec.path(path="/records/{entity}/{id}/history", operations={"get": {
+        "operationId": "record_history",
+        "summary": "List a record's changes, newest first",
+        "tags": ["Audit"],
+        "parameters": [
+            {"in": "path", "name": "entity", "required": True,
+             "schema": {"type": "string"}},
+            {"in": "path", "name": "id", "required": True,
+             "schema": {"type": "string"}},
+            before,
+        ],
+        "responses": {"200": JOURNAL_PAGE, **_error_refs(READ_ERRORS)},
+    }})
+    spec.path(path="/audit", operations={"get": {
+        "operationId": "search_audit_log",
+        "summary": "Search the change journal (tenant admins)",
+        "tags": ["Audit"],
+        "parameters": [
+            _query_parameter("entity", "Entity API name."),
+            _query_parameter("record_id", "Record id."),
+            _query_parameter("actor", "User id of the actor."),
+            _query_parameter("action", "Kind of change.",
+                             type="string",
+                             enum=["create", "update", "delete", "erase"]),
+            _query_parameter("field", "Only changes of this field."),
+            _query_parameter("since", "First day, YYYY-MM-DD (UTC).",
+                             type="string", format="date"),
+            _query_parameter("until", "Last day, YYYY-MM-DD (UTC).",
+                             type="string", format="date"),
+            _query_parameter("limit", "Entries per page.", type="integer",
+                             minimum=1, maximum=200),
+            before,
+        ],
+        "responses": {"200": JOURNAL_PAGE, **_error_refs(READ_ERRORS)},
+    }})
+    person = [
+        _query_parameter("email", "E-mail address of the person."),
+        _query_parameter("entity", "Entity of a record of the person."),
+        _query_parameter("record_id", "Id of a record of the person."),
+    ]
+    spec.path(path="/personal-data", operations={"get": {
+        "operationId": "export_personal_data",
+        "summary": "Export every record of one person with its history (admins)",
+        "tags": ["Audit"],
+        "parameters": person,
+        "responses": {
+            "200": {"description": "The person's records and journal entries.",
+                    "content": {"application/json": {"schema": {"type": "object"}}}},
+            **_error_refs(READ_ERRORS),
+        },
+    }})
+    spec.path(path="/personal-data/erase", operations={"post": {
+        "operationId": "erase_personal_data",
+        "summary": "Blank the personal fields of one person's records (admins)",
+        "tags": ["Audit"],
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": {"type": "object", "properties": {
+                "email": {"type": "string"}, "entity": {"type": "string"},
+                "record_id": {"type": "string"},
+            }},
+        }}},
+        "responses": {
+            "200": _data_response("Records and fields erased, per entity.",
+                                  {"type": "object"}),
+            **_error_refs(WRITE_ERRORS),
         },
     }})
 

@@ -27,6 +27,7 @@ from metadata_engine.validation import RecordSchema, build_schema
 from .backends import Backend, create_backend
 from .config import Settings
 from .control import Actor, ControlPlane, Tenant, tenants
+from .crypto import install_key_ring
 from .errors import NotFound, TenantError
 from .migrations import apply_tables, plan_changes
 
@@ -75,6 +76,8 @@ class Platform:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # Sensitive fields' column types encrypt with the process's key ring.
+        self.key_ring = install_key_ring(settings)
         self.backend: Backend = create_backend(settings)
         self.control = ControlPlane.open(self.backend.control_engine())
         self._runtimes: dict[str, TenantRuntime] = {}
@@ -128,7 +131,17 @@ class Platform:
         stores a type differently), since reads would misinterpret the data.
         Runs only when a runtime is built, not on every request."""
         with engine.connect() as conn:
-            problems = plan_changes(conn, metadata).unsafe
+            plan = plan_changes(conn, metadata)
+        problems = plan.unsafe
+        missing = [table for table in plan.new_tables if table.name.startswith("_")]
+        if missing and not problems:
+            # Service tables added by a newer version of the platform (the
+            # change journal, for one): create them, with no data to move.
+            with engine.begin() as conn:
+                for table in missing:
+                    table.create(conn, checkfirst=True)
+            log.info("created %s for tenant %s",
+                     ", ".join(table.name for table in missing), tenant.slug)
         if problems:
             log.error("storage of tenant %s does not match its definition: %s",
                       tenant.slug, "; ".join(problems))
@@ -160,7 +173,11 @@ class Platform:
         return compile_documents(documents)
 
     def records(
-        self, runtime: TenantRuntime, actor: Actor, locale: str = "en"
+        self,
+        runtime: TenantRuntime,
+        actor: Actor,
+        locale: str = "en",
+        request_id: str | None = None,
     ) -> RecordService:
         """Return the record service of ``actor`` in ``runtime``'s tenant,
         able to check that a new owner is a member of that tenant."""
@@ -169,7 +186,9 @@ class Platform:
         def is_member(user_id: str) -> bool:
             return self.control.actor(runtime.tenant, user_id) is not None
 
-        return RecordService(runtime, actor, locale, is_member=is_member)
+        return RecordService(
+            runtime, actor, locale, is_member=is_member, request_id=request_id
+        )
 
     def engine(self, slug: str) -> sa.Engine:
         """Return the engine that runs every query of tenant ``slug``."""
@@ -237,6 +256,14 @@ class Platform:
         self.backend.drop_tenant_storage(tenant.slug)
         self._delete_tenant_row(tenant)
         log.info("dropped tenant %s", tenant.slug)
+
+    def drop_storage(self, slug: str) -> None:
+        """Delete tenant ``slug``'s database file or schema and forget its
+        runtime, keeping its control-plane row. ``crm_platform.lifecycle``
+        calls it to purge a tenant."""
+        self._runtimes.pop(slug, None)
+        self.backend.drop_tenant_storage(slug)
+        log.warning("dropped the storage of tenant %s", slug)
 
     def _delete_tenant_row(self, tenant: Tenant) -> None:
         with self.control.engine.begin() as conn:

@@ -24,7 +24,7 @@ from flask import (
     url_for,
 )
 from flask.typing import ResponseReturnValue
-from flask_babel import gettext, ngettext, refresh
+from flask_babel import gettext, lazy_gettext, ngettext, refresh
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
 
@@ -33,6 +33,7 @@ from metadata_engine.model import Entity, Field
 from renderers import charts, forms, i18n, listing
 from renderers.listing import LookupChoices
 
+from . import audit
 from .auth import (
     actor_from_session,
     check_not_suspended,
@@ -53,6 +54,7 @@ from .control import (
 from .errors import (
     BadQuery,
     Conflict,
+    LimitReached,
     NotFound,
     PlatformError,
     RecordInvalid,
@@ -72,6 +74,8 @@ PUBLIC_ENDPOINTS = frozenset({"web.login", "web.forgot_password",
                               "web.reset_password"})
 #: Rows of each related list on a detail page.
 RELATED_LIMIT = 10
+#: Journal entries shown in a detail page's "Recent changes" card.
+RECENT_CHANGES = 3
 #: Columns of a related list besides the title.
 RELATED_COLUMNS = 3
 #: Maximum password length, in characters, passed to the password hasher.
@@ -175,7 +179,10 @@ def not_found_page() -> ResponseReturnValue:
 @blueprint.route("/")
 def index() -> ResponseReturnValue:
     """Send visitors to the only tenant, or explain which address to open."""
-    tenants = get_platform().control.list_tenants()
+    tenants = [
+        tenant for tenant in get_platform().control.list_tenants()
+        if tenant.status != "purged"
+    ]
     if len(tenants) == 1:
         return redirect(url_for("web.home", tenant=tenants[0].slug))
     return render_template("crm/index.html")
@@ -492,8 +499,11 @@ def record_detail(tenant: str, entity: str, record_id: str) -> ResponseReturnVal
                 url_for("web.record_list", tenant=tenant, entity=other), pointing_here),
         })
     users = user_names([record], ["created_by", "updated_by", "owner_id"])
+    recent = audit.record_history(g.runtime, metadata.name, record_id)[:RECENT_CHANGES]
+    changes = audit.describe(get_platform(), g.runtime, recent, g.locale)
     return render_template("crm/detail.html", entity=metadata, record=record,
-                           titles=titles, related=related, users=users)
+                           titles=titles, related=related, users=users,
+                           recent_changes=changes)
 
 
 def related_columns(entity: Entity, lookup: Field) -> list[Field]:
@@ -529,7 +539,7 @@ def record_new(tenant: str, entity: str) -> ResponseReturnValue:
     values = forms.submitted_values(form, request.form)
     try:
         created = service.create(metadata.name, values)
-    except (RecordInvalid, Conflict) as err:
+    except (RecordInvalid, Conflict, LimitReached) as err:
         return render_failed_save(form, service, None, err)
     flash(gettext("%(entity)s created.", entity=metadata.label.get(g.locale)),
           "success")
@@ -586,7 +596,7 @@ def record_edit(tenant: str, entity: str, record_id: str) -> ResponseReturnValue
         return redirect(detail_url)
     try:
         service.update(metadata.name, record_id, changes, expected_version=version)
-    except (RecordInvalid, Conflict, VersionConflict) as err:
+    except (RecordInvalid, Conflict, VersionConflict, LimitReached) as err:
         return render_failed_save(form, service, record, err)
     flash(gettext("Changes saved."), "success")
     return redirect(detail_url)
@@ -612,6 +622,9 @@ def render_failed_save(
         if not error.details:
             form.record_errors.append(error.message)
         return render_form(form, service, record, status=422)
+    if isinstance(error, LimitReached):
+        form.record_errors.append(plan_limit_message(error))
+        return render_form(form, service, record, status=error.status)
     field_details = {key: value for key, value in error.details.items()
                      if isinstance(value, list)}
     if field_details:
@@ -619,6 +632,34 @@ def render_failed_save(
     else:
         form.record_errors.append(error.message)
     return render_form(form, service, record, status=409)
+
+
+def plan_limit_message(error: LimitReached) -> str:
+    """Return the message of a plan limit (record quota or missing feature)
+    in the user's language."""
+    details = error.details
+    if "record_quota" in details:
+        return gettext(
+            "Your plan allows %(quota)s records and this tenant has %(records)s, "
+            "so no record can be added. Delete records or ask your service "
+            "provider for a larger plan.",
+            quota=details["record_quota"], records=details.get("records", "?"))
+    if "feature" in details:
+        return gettext(
+            "Your plan (%(plan)s) does not include %(feature)s. Ask your "
+            "service provider for a plan that includes it.",
+            plan=details.get("plan", "?"),
+            feature=FEATURE_LABELS.get(str(details["feature"]), details["feature"]))
+    return error.message
+
+
+#: Names of the plan features (``billing.FEATURES``) in messages.
+FEATURE_LABELS = {
+    "api": lazy_gettext("the REST API"),
+    "import": lazy_gettext("CSV import"),
+    "export": lazy_gettext("CSV and JSON export"),
+    "audit_log": lazy_gettext("the audit log"),
+}
 
 
 def render_form(

@@ -144,3 +144,53 @@ def test_phone_menu_opens(page: Page, base_url: str, console: Console) -> None:
     expect(page.locator("h1")).to_have_text("Contacts")
     assert console.csp_violations() == []
     assert console.messages == []
+
+
+def test_history_after_edit(page: Page, base_url: str, console: Console) -> None:
+    sign_in(page, base_url)
+    page.click(".sidebar-nav >> text=Accounts")
+    page.click("table.record-table >> text=Account 2")
+    page.click("[data-testid=edit-record]")
+    page.fill("#f_city", "Austin")
+    page.click("[data-testid=save]")
+    expect(page.locator(".flash-area")).to_contain_text("Changes saved.")
+
+    page.click("[data-testid=record-history]")
+    entries = page.locator("[data-testid=history] > li")
+    expect(entries).to_have_count(2)
+    city = entries.first.locator("[data-field=city]")
+    expect(city.locator(".journal-before")).to_have_text("Berlin")
+    expect(city.locator(".journal-after")).to_have_text("Austin")
+    expect(entries.last.locator("[data-action=create]")).to_be_visible()
+
+    page.click("[data-testid=nav-audit]")
+    page.select_option("#audit-entity", "account")
+    page.fill("#audit-field", "city")
+    page.click("[data-testid=audit-filters] button[type=submit]")
+    results = page.locator("[data-testid=audit-results] > tbody > tr")
+    expect(results).to_have_count(8)
+    expect(results.first).to_contain_text("Austin")
+    assert console.csp_violations() == []
+    assert console.messages == []
+
+
+def test_erase_person(
+    page: Page, base_url: str, console: Console, records: RecordService
+) -> None:
+    contact = records.create(
+        "contact", {"name": "Ada Brown", "email": "ada@example.org", "phone": "555"}
+    )
+    sign_in(page, base_url)
+    page.click("[data-testid=nav-personal-data]")
+    page.fill("[data-testid=person-email]", "ADA@example.org")
+    page.click("form[role=search] button[type=submit]")
+    expect(page.locator("[data-testid=person-found]")).to_contain_text("Ada Brown")
+
+    page.click("[data-testid=person-erase]")
+    expect(page.locator("[data-testid=person-error]")).to_contain_text(
+        "Tick the box")
+    page.check("[data-testid=person-confirm]")
+    page.click("[data-testid=person-erase]")
+    expect(page.locator("[data-testid=person-erased]")).to_contain_text("Contacts: 1")
+    assert records.get("contact", contact["id"])["email"] is None
+    assert console.csp_violations() == []

@@ -50,10 +50,13 @@ RESET_TOKEN = secrets.token_urlsafe(32)
 #: The three asset endpoints serve the same public files to everyone,
 #: ``healthz`` returns a fixed status document, ``metrics`` labels its counts
 #: with route templates (never slugs or ids), and ``web.index`` lists no
-#: tenant (tests/test_web.py checks that it names none).
+#: tenant (tests/test_web.py checks that it names none). The operator
+#: endpoints manage every tenant and answer 404 to anyone but a signed-in
+#: operator (tests/test_operator.py checks every one of them).
 UNSCOPED_ENDPOINTS = frozenset({
     "static", "bootstrap.static", "renderers.static", "healthz", "metrics",
-    "web.index",
+    "web.index", "operator.index", "operator.login", "operator.logout",
+    "operator.create_tenant",
 })
 #: Methods the walks leave out: HEAD runs the GET view without a body, and
 #: Flask replies to OPTIONS without running a view.
@@ -230,7 +233,7 @@ def build_url(rule: Rule, values: dict[str, str]) -> str:
 def url_values(slug: str, entity: str, record_id: str) -> dict[str, str]:
     return {"tenant": slug, "entity": entity, "record_id": record_id,
             "path": f"records/{entity}/{record_id}/unknown",
-            "token": RESET_TOKEN}
+            "token": RESET_TOKEN, "user_id": record_id}
 
 
 def entity_names(world: World, rule: Rule) -> list[str]:

@@ -886,7 +886,7 @@ def test_language_before_sign_in_kept(
 
 
 def test_catalogue_translates_every_string() -> None:
-    method_map = [("renderers/**.py", "python"), ("crm_platform/web.py", "python"),
+    method_map = [("renderers/**.py", "python"), ("crm_platform/**.py", "python"),
                   ("renderers/templates/**.html", "jinja2")]
     extracted = {
         message if isinstance(message, str) else message[0]
