@@ -102,26 +102,42 @@ def lock(conn: sa.Connection) -> None:
     takes the database's write lock while no read snapshot is open, so the
     busy timeout applies instead of an immediate "database is locked".
     """
-    _advance(conn, 0)
+    advance_counter(conn, COUNTER_NAME, 0)
 
 
 def reserve(conn: sa.Connection, count: int) -> int:
     """Return the first of ``count`` consecutive new sequence numbers."""
-    last = _advance(conn, count)
+    last = advance_counter(conn, COUNTER_NAME, count)
     return last - count + 1
 
 
-def _advance(conn: sa.Connection, count: int) -> int:
-    insert_module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = (
-        insert_module.insert(SEQUENCES)
-        .values(name=COUNTER_NAME, value=count)
-        .on_conflict_do_update(
-            index_elements=["name"], set_={"value": SEQUENCES.c.value + count}
+_COUNTER_STATEMENTS: dict[str, Any] = {}
+
+
+def advance_counter(conn: sa.Connection, name: str, step: int) -> int:
+    """Add ``step`` to the ``_sequences`` row ``name`` (created at ``step``)
+    and return its new value, in ``conn``'s transaction.
+
+    The upsert is built once per dialect, because building and hashing a
+    new statement per write cost more than running it.
+    """
+    dialect = conn.dialect.name
+    statement = _COUNTER_STATEMENTS.get(dialect)
+    if statement is None:
+        insert_module: Any = postgresql if dialect == "postgresql" else sqlite
+        step_parameter = sa.bindparam("step", type_=sa.BigInteger())
+        statement = (
+            insert_module.insert(SEQUENCES)
+            .values(name=sa.bindparam("counter"), value=step_parameter)
+            .on_conflict_do_update(
+                index_elements=["name"],
+                set_={"value": SEQUENCES.c.value + step_parameter},
+            )
+            .returning(SEQUENCES.c.value)
         )
-        .returning(SEQUENCES.c.value)
-    )
-    return int(conn.execute(statement).scalar_one())
+        _COUNTER_STATEMENTS[dialect] = statement
+    result = conn.execute(statement, {"counter": name, "step": step})
+    return int(result.scalar_one())
 
 
 class Journal:
@@ -138,6 +154,26 @@ class Journal:
         self.now = now or dt.datetime.now(dt.UTC)
         self.rows: list[dict[str, Any]] = []
         self._columns: dict[str, list[tuple[str, bool]]] = {}
+        self._sensitive: dict[str, dict[str, bool]] = {}
+        self._reserved: list[int] = []
+
+    def start(self, conn: sa.Connection, expected: int = 0) -> None:
+        """Lock the journal counter as the transaction's first statement,
+        reserving the numbers of the ``expected`` entries in the same
+        statement."""
+        if expected:
+            first = reserve(conn, expected)
+            self._reserved = list(range(first, first + expected))
+        else:
+            lock(conn)
+
+    def _sensitive_by_name(self, entity: Entity) -> dict[str, bool]:
+        """Return whether each journaled column of ``entity`` is sensitive."""
+        found = self._sensitive.get(entity.name)
+        if found is None:
+            found = dict(self._journaled_columns(entity))
+            self._sensitive[entity.name] = found
+        return found
 
     def _journaled_columns(self, entity: Entity) -> list[tuple[str, bool]]:
         """Return the journaled column names of ``entity``, each with whether
@@ -150,19 +186,19 @@ class Journal:
         return columns
 
     def created(self, entity: Entity, record: Mapping[str, Any]) -> None:
+        sensitive_by_name = self._sensitive_by_name(entity)
         changes = {}
-        get = record.get
         # The hot loop of imports: plain values skip the call to _plain.
-        for name, sensitive in self._journaled_columns(entity):
-            value = get(name)
-            kind = type(value)
-            if value is None or (kind is list and not value):
+        for name, value in record.items():
+            sensitive = sensitive_by_name.get(name)
+            if sensitive is None or value is None:
                 continue
+            kind = type(value)
             if sensitive:
                 changes[name] = [None, REDACTED]
             elif kind is str or kind is int or kind is bool:
                 changes[name] = [None, value]
-            else:
+            elif kind is not list or value:
                 changes[name] = [None, _plain(value)]
         self._add("create", entity, record, changes)
 
@@ -231,12 +267,21 @@ class Journal:
 
     def write(self, conn: sa.Connection) -> None:
         """Number the collected entries and insert them, in ``conn``'s
-        transaction, which must have called ``lock`` first."""
+        transaction, which must have called ``start`` first."""
+        numbers = self._reserved
+        missing = len(self.rows) - len(numbers)
+        if missing > 0:
+            first = reserve(conn, missing)
+            numbers = numbers + list(range(first, first + missing))
+        elif missing < 0:
+            # Give back the numbers reserved for entries that were not made,
+            # so that the sequence stays without gaps.
+            advance_counter(conn, COUNTER_NAME, missing)
+        self._reserved = []
         if not self.rows:
             return
-        first = reserve(conn, len(self.rows))
-        for offset, row in enumerate(self.rows):
-            row["seq"] = first + offset
+        for number, row in zip(numbers, self.rows, strict=False):
+            row["seq"] = number
         conn.execute(JOURNAL.insert(), self.rows)
         self.rows = []
 

@@ -20,7 +20,6 @@ from typing import Any
 
 import sqlalchemy as sa
 from marshmallow import ValidationError
-from sqlalchemy.dialects import postgresql, sqlite
 from uuid_utils import uuid7
 
 from metadata_engine.messages import messages_for
@@ -267,12 +266,14 @@ class RecordService:
         table = self.runtime.tables[entity_name]
         entries = self._journal()
         with self.runtime.engine.begin() as conn:
-            journal.lock(conn)
+            entries.start(conn, expected=1)
             self._check_quota(conn, 1)
             for field in entity.fields:
                 if field.type == "auto_number":
                     values[field.name] = _next_number(conn, entity, field)
-            self._execute_write(conn, entity, table.insert().values(**values), values)
+            # Values as parameters, not .values(): the compiled INSERT is then
+            # cached per set of columns instead of built for every record.
+            self._execute_write(conn, entity, table.insert(), values, values)
             record = _as_stored(table, entity, values)
             entries.created(entity, record)
             entries.write(conn)
@@ -310,7 +311,7 @@ class RecordService:
             statement = statement.where(table.c.version == expected_version)
         entries = self._journal()
         with self.runtime.engine.begin() as conn:
-            journal.lock(conn)
+            entries.start(conn, expected=1)
             before = _read_row(conn, table, record_id)
             result = self._execute_write(conn, entity, statement, values)
             if before is None or result.rowcount == 0:
@@ -332,7 +333,7 @@ class RecordService:
         table = self.runtime.tables[entity_name]
         entries = self._journal()
         with self.runtime.engine.begin() as conn:
-            journal.lock(conn)
+            entries.start(conn, expected=1)
             self._check_not_referenced(conn, entity_name, record_id)
             before = _read_row(conn, table, record_id)
             if before is not None:
@@ -368,7 +369,7 @@ class RecordService:
         entries = self._journal()
         erased = []
         with self.runtime.engine.begin() as conn:
-            journal.lock(conn)
+            entries.start(conn, expected=len(targets))
             for entity_name, record_id, names in targets:
                 entity = self.runtime.entity(entity_name)
                 table = self.runtime.tables[entity_name]
@@ -840,6 +841,7 @@ class RecordService:
         entity: Entity,
         statement: Any,
         values: Mapping[str, Any],
+        parameters: Mapping[str, Any] | None = None,
     ) -> sa.CursorResult[Any]:
         """Run one write, turning constraint errors into field errors.
 
@@ -850,7 +852,9 @@ class RecordService:
         transaction anyway.
         """
         try:
-            return conn.execute(statement)
+            if parameters is None:
+                return conn.execute(statement)
+            return conn.execute(statement, dict(parameters))
         except sa.exc.IntegrityError as err:
             fields = _unique_fields(self.runtime.tables[entity.name], err)
             if fields:
@@ -985,18 +989,7 @@ def _default_value(field: Field) -> Any:
 def _next_number(conn: sa.Connection, entity: Entity, field: Field) -> str:
     """Take the next value of an auto-number field inside the write's
     transaction, so that numbers are never handed out twice."""
-    name = f"{entity.name}.{field.name}"
-    sequences = _SERVICE_TABLES.tables["_sequences"]
-    insert_module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = (
-        insert_module.insert(sequences)
-        .values(name=name, value=1)
-        .on_conflict_do_update(
-            index_elements=["name"], set_={"value": sequences.c.value + 1}
-        )
-        .returning(sequences.c.value)
-    )
-    number = conn.execute(statement).scalar_one()
+    number = journal.advance_counter(conn, f"{entity.name}.{field.name}", 1)
     return f"{field.prefix or ''}{number:0{field.digits or 5}d}"
 
 
@@ -1004,18 +997,7 @@ def _reserve_numbers(
     conn: sa.Connection, entity: Entity, field: Field, count: int
 ) -> list[str]:
     """Take ``count`` consecutive auto numbers in one statement."""
-    name = f"{entity.name}.{field.name}"
-    sequences = _SERVICE_TABLES.tables["_sequences"]
-    insert_module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = (
-        insert_module.insert(sequences)
-        .values(name=name, value=count)
-        .on_conflict_do_update(
-            index_elements=["name"], set_={"value": sequences.c.value + count}
-        )
-        .returning(sequences.c.value)
-    )
-    last = conn.execute(statement).scalar_one()
+    last = journal.advance_counter(conn, f"{entity.name}.{field.name}", count)
     digits = field.digits or 5
     return [
         f"{field.prefix or ''}{number:0{digits}d}"
