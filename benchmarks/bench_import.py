@@ -9,7 +9,9 @@ inserts in batches of 1,000 rows.
 
 Baseline: one Core ``executemany`` of the same rows, converted and completed
 (ids, timestamps, account numbers) before the clock starts, into the same
-table of another fresh tenant, in one transaction.
+table of another fresh tenant, plus one ``executemany`` of an audit row per
+record into the tenant's journal table, in one transaction. MetaCRM must
+keep that audit trail, so a hand-written importer would write it too.
 
 Each round of each side gets a new tenant, so both always write into an
 empty table with the same indexes.
@@ -31,6 +33,7 @@ from crm_platform.importer import ColumnMapping, import_csv
 from crm_platform.records import RecordService
 from crm_platform.tenancy import Platform
 
+from . import handwritten
 from .common import (
     DATA_DIR,
     TELCO,
@@ -47,6 +50,20 @@ from .common import (
 )
 
 SOURCE_CSV = TELCO / "data" / "Telco-Customer-Churn.csv"
+#: The tenant's journal table, declared by hand as a baseline author would.
+JOURNAL_TABLE = sa.Table(
+    "_journal",
+    sa.MetaData(),
+    sa.Column("seq", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("at", sa.DateTime(), nullable=False),
+    sa.Column("actor_id", sa.String(36)),
+    sa.Column("action", sa.String(20), nullable=False),
+    sa.Column("entity", sa.String(64), nullable=False),
+    sa.Column("record_id", sa.String(36), nullable=False),
+    sa.Column("version", sa.Integer()),
+    sa.Column("changes", sa.JSON(), nullable=False),
+    sa.Column("request_id", sa.String(64)),
+)
 MAPPING = TELCO / "import-accounts.json"
 #: The tolerated MetaCRM speed, as a share of the baseline's rows per second.
 TARGET_RATIO = 1 / 3
@@ -221,10 +238,21 @@ class ImportComparison:
         rows = self.baseline_rows
         table = service.runtime.tables["account"]
         engine = service.runtime.engine
+        now = dt.datetime.now(dt.UTC)
+        audit_rows = [
+            {
+                "seq": number, "at": now, "actor_id": service.actor.user_id,
+                "action": "create", "entity": "account", "record_id": row["id"],
+                "version": 1, "changes": handwritten.audit_changes(row),
+                "request_id": None,
+            }
+            for number, row in enumerate(rows, start=1)
+        ]
 
         def action() -> None:
             with engine.begin() as conn:
                 conn.execute(table.insert(), rows)
+                conn.execute(JOURNAL_TABLE.insert(), audit_rows)
 
         return timed(len(rows), action)
 

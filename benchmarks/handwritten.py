@@ -136,6 +136,45 @@ opportunities = sa.Table(
 )
 
 
+#: The audit trail that a CRM keeps of every write: one row per change with
+#: the new values, written in the transaction of the change.
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("seq", sa.Integer(), primary_key=True),
+    sa.Column("at", sa.DateTime(), nullable=False),
+    sa.Column("actor_id", sa.String(36)),
+    sa.Column("action", sa.String(20), nullable=False),
+    sa.Column("entity", sa.String(64), nullable=False),
+    sa.Column("record_id", sa.String(36), nullable=False),
+    sa.Column("version", sa.Integer()),
+    sa.Column("changes", sa.JSON(), nullable=False),
+    sa.Index("hw_audit_record", "entity", "record_id", "seq"),
+    sa.Index("hw_audit_actor", "actor_id", "seq"),
+    sa.Index("hw_audit_at", "at"),
+)
+
+
+def audit_changes(row: dict[str, Any]) -> dict[str, list[Any]]:
+    """Return the new values of a created row as JSON-ready [None, value]
+    pairs, leaving out empty values and the columns the audit row repeats."""
+    changes: dict[str, list[Any]] = {}
+    for name, value in row.items():
+        if value is None or name in AUDIT_SKIPPED:
+            continue
+        if isinstance(value, decimal.Decimal):
+            value = str(value)
+        elif isinstance(value, dt.date):
+            value = value.isoformat()
+        changes[name] = [None, value]
+    return changes
+
+
+AUDIT_SKIPPED = frozenset(
+    {"id", "created_at", "updated_at", "created_by", "updated_by", "version"}
+)
+
+
 def create_engine(path: Path) -> sa.Engine:
     """Open the SQLite file ``path`` with foreign keys, WAL and synchronous
     NORMAL, the settings MetaCRM uses for tenant databases."""
@@ -298,9 +337,15 @@ def create_app(engine: sa.Engine) -> Flask:
             "owner_id": user_id,
             "version": 1,
         }
+        audit = {
+            "at": now, "actor_id": user_id, "action": "create",
+            "entity": "opportunity", "record_id": row["id"], "version": 1,
+            "changes": audit_changes(row),
+        }
         try:
             with engine.begin() as conn:
                 conn.execute(opportunities.insert(), row)
+                conn.execute(audit_log.insert(), audit)
         except sa.exc.IntegrityError:
             # The foreign keys reject a lookup to a record that does not exist.
             return _error("account, contact or campaign not found"), 422
