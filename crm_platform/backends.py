@@ -81,6 +81,11 @@ class Backend(Protocol):
         """Delete the tenant's database or schema with all its records."""
         ...
 
+    def release_tenant(self, slug: str) -> None:
+        """Close the tenant's idle pooled connections, if it has a pool of
+        its own; the next query opens new ones."""
+        ...
+
     def dispose(self) -> None:
         """Close every pooled connection."""
         ...
@@ -177,6 +182,12 @@ class SQLiteBackend:
             )
         self.tenants_dir.mkdir(parents=True, exist_ok=True)
 
+    def release_tenant(self, slug: str) -> None:
+        engine = self._engines.pop(slug, None)
+        if engine is not None:
+            # Connections still checked out are closed when they return.
+            engine.dispose()
+
     def drop_tenant_storage(self, slug: str) -> None:
         engine = self._engines.pop(slug, None)
         if engine is not None:
@@ -249,6 +260,11 @@ class PostgresBackend:
                 f'DROP SCHEMA "{schema}" CASCADE'
             ) from err
         log.info("created schema %s for tenant %s", schema, slug)
+
+    def release_tenant(self, slug: str) -> None:
+        # Tenant engines are copies sharing one pool, so there is nothing to
+        # close; dropping the copy only saves its memory.
+        self._engines.pop(slug, None)
 
     def drop_tenant_storage(self, slug: str) -> None:
         schema = tenant_schema_name(slug)

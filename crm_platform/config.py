@@ -20,6 +20,9 @@ ENCRYPTION_KEYS_FILE = "encryption_keys"
 LOCAL_KEY_ID = "local"
 #: Largest request body the app accepts, in bytes.
 DEFAULT_MAX_CONTENT_LENGTH = 2 * 1024 * 1024
+#: Tenant runtimes kept in memory by default. One takes about 1.5 MiB on
+#: SQLite (docs/benchmarks.md), so 200 stay near 300 MiB.
+DEFAULT_RUNTIME_CACHE_SIZE = 200
 #: Days a closed tenant keeps its data before it may be purged.
 DEFAULT_RETENTION_DAYS = 30
 
@@ -43,6 +46,9 @@ class Settings:
     encryption_keys: str | None = field(default=None, repr=False)
     #: Days between closing a tenant and the earliest purge of its data.
     retention_days: int = DEFAULT_RETENTION_DAYS
+    #: Tenant runtimes (compiled tables, schemas, SQLite connections) kept in
+    #: memory; the least recently used one is dropped beyond this number.
+    runtime_cache_size: int = DEFAULT_RUNTIME_CACHE_SIZE
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -82,7 +88,8 @@ def load_settings(data_dir: str | os.PathLike[str] | None = None) -> Settings:
     database_url = os.environ.get("METACRM_DATABASE_URL", "").strip() or None
     return Settings(data_dir=path, secret_key=secret, max_content_length=max_length,
                     database_url=database_url,
-                    retention_days=_retention_days_from_environment())
+                    retention_days=_retention_days_from_environment(),
+                    runtime_cache_size=_runtime_cache_size_from_environment())
 
 
 def _retention_days_from_environment() -> int:
@@ -100,6 +107,18 @@ def _retention_days_from_environment() -> int:
             f"invalid METACRM_RETENTION_DAYS {raw!r}: use 0 or more days"
         )
     return days
+
+
+def _runtime_cache_size_from_environment() -> int:
+    raw = os.environ.get("METACRM_RUNTIME_CACHE_SIZE", "").strip()
+    if not raw:
+        return DEFAULT_RUNTIME_CACHE_SIZE
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(
+            f"invalid METACRM_RUNTIME_CACHE_SIZE {raw!r}: use a whole number of "
+            "tenants, 1 or more"
+        )
+    return int(raw)
 
 
 def _read_or_create_secret(data_dir: Path) -> str:

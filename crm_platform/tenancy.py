@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from metadata_engine.loader import compile_documents, load_definition
+from metadata_engine.loader import compile_documents, load_definition_cached
 from metadata_engine.model import Definition, Entity
 from metadata_engine.tables import build_service_tables, build_tables
 from metadata_engine.validation import RecordSchema, build_schema
@@ -80,7 +81,8 @@ class Platform:
         self.key_ring = install_key_ring(settings)
         self.backend: Backend = create_backend(settings)
         self.control = ControlPlane.open(self.backend.control_engine())
-        self._runtimes: dict[str, TenantRuntime] = {}
+        # Least recently used first; see ``_remember``.
+        self._runtimes: OrderedDict[str, TenantRuntime] = OrderedDict()
         self._definitions: dict[str, Definition] = {}
         self._lock = threading.RLock()
 
@@ -103,11 +105,25 @@ class Platform:
         current = tenant.metadata_hash
         if cached is not None and cached.definition.content_hash == current:
             cached.tenant = tenant
+            with self._lock:
+                if slug in self._runtimes:
+                    self._runtimes.move_to_end(slug)
             return cached
         with self._lock:
             runtime = self._build_runtime(tenant)
-            self._runtimes[slug] = runtime
+            self._remember(runtime)
         return runtime
+
+    def _remember(self, runtime: TenantRuntime) -> None:
+        """Cache ``runtime``, dropping the least recently used runtimes past
+        ``Settings.runtime_cache_size`` so memory does not grow with the
+        number of tenants. Call with ``_lock`` held."""
+        self._runtimes[runtime.slug] = runtime
+        self._runtimes.move_to_end(runtime.slug)
+        while len(self._runtimes) > self.settings.runtime_cache_size:
+            slug, _ = self._runtimes.popitem(last=False)
+            self.backend.release_tenant(slug)
+            log.info("dropped the cached runtime of tenant %s", slug)
 
     def _build_runtime(self, tenant: Tenant) -> TenantRuntime:
         engine = self.engine(tenant.slug)
@@ -201,7 +217,7 @@ class Platform:
     ) -> TenantRuntime:
         """Create a tenant, its database or schema, and its tables from the
         definition at ``template``."""
-        definition = load_definition(template)
+        definition = load_definition_cached(template)
         tenant = self.control.create_tenant(slug, name)
         try:
             self.backend.create_tenant_storage(slug)
