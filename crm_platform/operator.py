@@ -557,6 +557,38 @@ def purge(tenant: str) -> ResponseReturnValue:
     return _run_action(tenant, lifecycle.purge_tenant, "is purged")
 
 
+@blueprint.route("/tenants/<tenant>/delete", methods=["GET", "POST"])
+def delete(tenant: str) -> ResponseReturnValue:
+    """Ask the operator to type the slug, then write and check an export in
+    the data directory's ``exports`` folder and purge the tenant at once."""
+    platform = get_platform()
+    found = platform.control.find_tenant(tenant)
+    if found is None or found.status == "purged":
+        abort(404)
+    if request.method == "GET":
+        return render_template("operator/delete.html", tenant=found, error=None)
+    if not forms.csrf_valid(forms.ActionForm()):
+        return _expired_form()
+    if request.form.get("confirm_slug", "").strip() != tenant:
+        error = f"Type {tenant} exactly to confirm the deletion."
+        return render_template("operator/delete.html", tenant=found,
+                               error=error), 400
+    exports = platform.settings.data_dir / "exports"
+    exports.mkdir(mode=0o700, exist_ok=True)
+    stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
+    path = exports / f"{tenant}-before-delete-{stamp}.zip"
+    try:
+        lifecycle.delete_tenant(platform, tenant, path)
+    except PlatformError as err:
+        flash(f"Tenant {tenant} was not deleted: {err.message}", "danger")
+        return redirect(url_for("operator.index"))
+    log.warning("operator %s deleted tenant %s after exporting it to %s",
+                g.operator.user_id, tenant, path)
+    flash(f"Tenant {tenant} is deleted. Its export is on the server at {path}.",
+          "success")
+    return redirect(url_for("operator.index"))
+
+
 def _expired_form() -> ResponseReturnValue:
     message = "The form expired or its security token is missing. Reload and retry."
     return render_template("operator/error.html", message=message), 400

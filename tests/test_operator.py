@@ -411,3 +411,29 @@ def test_sign_in_page_public(client: FlaskClient) -> None:
     assert response.status_code == 200
     assert 'name="csrf_token"' in response.text
 
+
+
+def test_delete_exports_then_purges(platform: Platform, ops: FlaskClient) -> None:
+    confirm = ops.get("/operator/tenants/acme/delete")
+    assert confirm.status_code == 200
+    wrong = ops.post("/operator/tenants/acme/delete",
+                     data={"csrf_token": csrf_token(confirm.text),
+                           "confirm_slug": "acm"})
+    assert wrong.status_code == 400
+    assert storage_exists(platform, "acme")
+    response = ops.post("/operator/tenants/acme/delete",
+                        data={"csrf_token": csrf_token(confirm.text),
+                              "confirm_slug": "acme"})
+    assert response.status_code == 302
+    assert platform.control.get_tenant("acme").status == "purged"
+    assert not storage_exists(platform, "acme")
+    exports = platform.settings.data_dir / "exports"
+    [archive] = exports.glob("acme-before-delete-*.zip")
+    with Archive(archive) as opened:
+        assert opened.manifest.slug == "acme"
+
+
+def test_delete_needs_csrf(platform: Platform, ops: FlaskClient) -> None:
+    response = ops.post("/operator/tenants/acme/delete", data={"confirm_slug": "acme"})
+    assert response.status_code == 400
+    assert storage_exists(platform, "acme")
