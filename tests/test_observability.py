@@ -84,3 +84,36 @@ def test_filter_outside_request() -> None:
     assert RequestContextFilter().filter(record)
     assert record.request_id == "-"
     assert record.tenant == "-"
+
+
+def test_logs_leave_out_secrets(
+    client: FlaskClient, auth: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every write path of a sensitive value, logged at DEBUG, shows neither
+    the value nor the bearer token."""
+    caplog.set_level(logging.DEBUG)
+    national_id = "310101199001019999"
+    created = client.post(
+        f"{BASE}/records/contact",
+        json={"name": "Log Test", "email": "log@example.org",
+              "national_id": national_id},
+        headers=auth,
+    )
+    assert created.status_code == 201
+    record_id = created.get_json()["data"]["id"]
+    changed = client.patch(f"{BASE}/records/contact/{record_id}",
+                           json={"national_id": national_id[::-1]}, headers=auth)
+    assert changed.status_code == 200
+    rejected = client.get(f"{BASE}/records/contact?national_id={national_id}",
+                          headers=auth)
+    assert rejected.status_code == 400
+    history = client.get(f"{BASE}/records/contact/{record_id}/history", headers=auth)
+    assert national_id not in history.text
+    erased = client.post(f"{BASE}/personal-data/erase",
+                         json={"email": "log@example.org"}, headers=auth)
+    assert erased.status_code == 200
+    token = auth["Authorization"].removeprefix("Bearer ")
+    assert caplog.records
+    assert national_id not in caplog.text
+    assert national_id[::-1] not in caplog.text
+    assert token not in caplog.text
