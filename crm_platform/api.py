@@ -41,7 +41,7 @@ from metadata_engine.messages import normalize_locale
 from . import audit, journal, personal_data
 from .auth import authenticate_bearer, record_service
 from .billing import require_feature
-from .context import error_body
+from .context import error_body, get_platform
 from .control import Actor
 from .errors import BadQuery, NotFound, PlatformError, RecordInvalid
 from .openapi import build_openapi
@@ -206,7 +206,9 @@ def record_history(entity: str, record_id: str) -> Response:
 def audit_log() -> Response:
     """Search the tenant's change journal (tenant admins only)."""
     audit.require_audit_access(g.runtime, g.actor)
-    query = audit.parse_query(request.args, g.runtime.definition)
+    query = audit.parse_query(
+        request.args, g.runtime.definition, get_platform().control.find_user_id
+    )
     entries = audit.search(g.runtime, query)
     return jsonify(_journal_page(entries, query.limit))
 
@@ -225,22 +227,40 @@ def personal_data_export() -> Response:
     return jsonify(personal_data.export_document(service, found))
 
 
+#: Keys of an erasure request; ``confirm`` must be ``"erase"``.
+ERASE_KEYS = ("email", "entity", "record_id", "confirm")
+
+
 @blueprint.post("/personal-data/erase")
 def personal_data_erase() -> Response:
     """Blank the personal fields of one person's records (tenant admins)."""
     service = record_service()
     personal_data.require_admin(service)
     body = read_json_object()
-    names = ("email", "entity", "record_id")
-    for name in names:
+    unknown = sorted(set(body) - set(ERASE_KEYS))
+    if unknown:
+        raise RecordInvalid(
+            f"unknown keys {', '.join(map(repr, unknown))} in the erasure request: "
+            f"use {', '.join(ERASE_KEYS)}",
+            details={name: ["unknown key"] for name in unknown},
+        )
+    for name in ERASE_KEYS:
         if body.get(name) is not None and not isinstance(body[name], str):
             raise BadQuery(
                 f"invalid {name} {body[name]!r}: use a string",
                 details={name: ["use a string"]},
             )
+    if body.get("confirm") != "erase":
+        raise BadQuery(
+            'erasure not confirmed: add "confirm": "erase" to the request, '
+            "because an erasure cannot be undone",
+            details={"confirm": ['set to "erase"']},
+        )
     found = personal_data.find(
         service, body.get("email"), body.get("entity"), body.get("record_id")
     )
+    if not found.people:
+        raise NotFound("no record matches this person, so nothing was erased")
     return jsonify({"data": personal_data.erase(service, found).as_json()})
 
 

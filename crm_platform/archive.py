@@ -52,6 +52,7 @@ from . import journal
 from .control import Actor
 from .errors import PlatformError
 from .exporter import PAGE_SIZE, csv_cell, iter_records, to_json_value
+from .records import erase_fields
 from .tenancy import Platform, TenantRuntime
 
 log = logging.getLogger(__name__)
@@ -767,14 +768,43 @@ def restore_archive(
             runtime = platform.apply(slug, archive.definition(), applied_by="restore")
         with runtime.engine.begin() as conn:
             journal.lock(conn)
+            erased = journal.erasures(conn)
             _delete_records(conn, runtime)
             conn.execute(journal.JOURNAL.delete())
             counts = load_records(conn, runtime, archive, progress)
             _check_counts(archive, counts)
             write_sequences(conn, archive.sequences())
             _load_journal(conn, archive)
+            _erase_again(conn, runtime, erased)
     log.info("restored tenant %s from %s: %s", slug, path, counts)
     return counts
+
+
+def _erase_again(
+    conn: sa.Connection,
+    runtime: TenantRuntime,
+    erased: list[tuple[str, str, list[str]]],
+) -> None:
+    """Erase again, in the restored records and journal, what the tenant's
+    journal says was erased before the restore, so that restoring an older
+    backup never brings back a person's erased data."""
+    targets = [
+        (entity, record_id, names)
+        for entity, record_id, names in erased
+        if runtime.definition.has_entity(entity)
+    ]
+    if not targets:
+        return
+    entries = journal.Journal(actor_id=None)
+    entries.start(conn)
+    done = erase_fields(conn, runtime, targets, entries, missing_ok=True)
+    entries.write(conn)
+    log.warning(
+        "restore of tenant %s erased again the personal fields of %d records "
+        "erased before the restore",
+        runtime.slug,
+        len(done),
+    )
 
 
 def _check_counts(archive: Archive, counts: Mapping[str, int]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,33 +38,88 @@ class Change:
     after: Any
 
 
-def parse_query(args: Mapping[str, str], definition: Definition) -> journal.AuditQuery:
-    """Build an audit query from request arguments, naming any bad one."""
+def parse_query(
+    args: Mapping[str, str],
+    definition: Definition,
+    find_user: Callable[[str], str | None] | None = None,
+) -> journal.AuditQuery:
+    """Build an audit query from request arguments, naming any bad one.
+
+    ``actor`` is a user id, or an e-mail address that ``find_user`` turns
+    into one.
+    """
     query = journal.AuditQuery(limit=PAGE_SIZE)
     entity = (args.get("entity") or "").strip()
     if entity:
         if not definition.has_entity(entity):
             raise BadQuery(
-                f"unknown entity {entity!r} in 'entity': use one of "
+                f"unknown entity {_shown(entity)} in 'entity': use one of "
                 + ", ".join(item.name for item in definition.entities),
-                details={"entity": [f"unknown entity {entity!r}"]},
+                details={"entity": ["unknown entity"]},
             )
         query.entity = entity
-    query.record_id = (args.get("record_id") or "").strip() or None
-    query.actor_id = (args.get("actor") or "").strip() or None
-    query.action = (args.get("action") or "").strip() or None
+    query.record_id = _text(args, "record_id", 36)
+    query.actor_id = _actor(args, find_user)
+    query.action = _text(args, "action", 20)
     query.since = _parse_day(args, "since")
     until = _parse_day(args, "until")
-    # "until" names the last day included.
-    query.until = until + dt.timedelta(days=1) if until else None
-    field = (args.get("field") or "").strip()
+    if until is not None and until.date() < dt.date.max:
+        # "until" names the last day included.
+        query.until = until + dt.timedelta(days=1)
+    if query.since and query.until and query.since >= query.until:
+        raise BadQuery(
+            f"'since' {args.get('since')!r} is after 'until' {args.get('until')!r}: "
+            "swap them",
+            details={"since": ["after until"]},
+        )
+    field = _text(args, "field", 63)
     if field:
         query.fields = [field]
     query.before_seq = parse_int(args, "before_seq")
     limit = parse_int(args, "limit")
     if limit is not None:
-        query.limit = max(1, min(limit, journal.MAX_PAGE))
+        if limit > journal.MAX_PAGE:
+            raise BadQuery(
+                f"invalid limit {limit}: use a number from 1 to {journal.MAX_PAGE}, "
+                "and follow 'next' for more",
+                details={"limit": [f"use 1 to {journal.MAX_PAGE}"]},
+            )
+        query.limit = limit
     return query
+
+
+def _shown(text: str) -> str:
+    """Return ``text`` quoted for an error message, cut to 64 characters."""
+    return repr(text if len(text) <= 64 else text[:64] + "…")
+
+
+def _text(args: Mapping[str, str], name: str, max_length: int) -> str | None:
+    text = (args.get(name) or "").strip()
+    if len(text) > max_length:
+        raise BadQuery(
+            f"invalid {name} {_shown(text)}: use at most {max_length} characters",
+            details={name: [f"at most {max_length} characters"]},
+        )
+    return text or None
+
+
+def _actor(
+    args: Mapping[str, str], find_user: Callable[[str], str | None] | None
+) -> str | None:
+    actor = _text(args, "actor", 254)
+    if actor is None or "@" not in actor or find_user is None:
+        return actor
+    user_id = find_user(actor)
+    if user_id is None:
+        raise BadQuery(
+            f"no user has the e-mail address {_shown(actor)}: check 'actor'",
+            details={"actor": ["no user has this e-mail address"]},
+        )
+    return user_id
+
+
+_DAY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+_NUMBER = re.compile(r"^[0-9]{1,18}$")
 
 
 def _parse_day(args: Mapping[str, str], name: str) -> dt.datetime | None:
@@ -71,23 +127,28 @@ def _parse_day(args: Mapping[str, str], name: str) -> dt.datetime | None:
     if not text:
         return None
     try:
+        if not _DAY.match(text):
+            raise ValueError(text)
         day = dt.date.fromisoformat(text)
     except ValueError as err:
         raise BadQuery(
-            f"invalid date {text!r} in {name!r}: use YYYY-MM-DD, e.g. 2026-12-31",
+            f"invalid date {_shown(text)} in {name!r}: use YYYY-MM-DD, "
+            "e.g. 2026-12-31",
             details={name: ["use YYYY-MM-DD"]},
         ) from err
     return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
 
 
 def parse_int(args: Mapping[str, str], name: str) -> int | None:
+    """Return the positive whole number in ``args[name]``, or None if empty."""
     text = (args.get(name) or "").strip()
     if not text:
         return None
-    if not text.isdigit() or len(text) > 18:
+    if not _NUMBER.match(text) or int(text) < 1:
         raise BadQuery(
-            f"invalid number {text!r} in {name!r}: use a whole number",
-            details={name: ["use a whole number"]},
+            f"invalid number {_shown(text)} in {name!r}: use a whole number of "
+            "1 or more",
+            details={name: ["use a whole number of 1 or more"]},
         )
     return int(text)
 

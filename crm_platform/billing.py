@@ -156,10 +156,10 @@ def check_seat_available(conn: sa.Connection, tenant: Tenant) -> None:
     if used < seats:
         return
     raise SeatLimitReached(
-        f"seat limit reached: {used} of {seats} seats in use; add seats with "
-        f"'metacrm subscription set "
-        f"{tenant.slug} PLAN --seats N --until YYYY-MM-DD' or remove a member "
-        f"with 'metacrm user remove {tenant.slug} EMAIL'",
+        f"seat limit reached: {used} of {seats} seats in use; remove a member "
+        "or buy more seats (on the command line: "
+        f"'metacrm user remove {tenant.slug} EMAIL' or 'metacrm subscription set "
+        f"{tenant.slug} PLAN --seats N --until YYYY-MM-DD')",
         details={"seats_used": used, "seats_paid": seats},
     )
 
@@ -297,6 +297,11 @@ def set_subscription(
         raise PlatformError(f"invalid seat count {paid!r}: use 1 or more")
     if grace_days < 0:
         raise PlatformError(f"invalid grace days {grace_days!r}: use 0 or more")
+    if tenant.status == "purged":
+        raise PlatformError(
+            f"tenant {slug!r} is purged, so it cannot be subscribed; create a "
+            "new tenant instead"
+        )
     values = {
         "plan_code": plan.code,
         "seats": paid,
@@ -384,8 +389,10 @@ def run_billing(control: ControlPlane, day: dt.date) -> list[BillingResult]:
     current counts, so each tenant keeps one row per day.
     """
     tenant_status = tenants.c.status.label("tenant_status")
-    query = sa.select(subscriptions, tenants.c.slug, tenant_status).join(
-        tenants, tenants.c.id == subscriptions.c.tenant_id
+    query = (
+        sa.select(subscriptions, tenants.c.slug, tenant_status)
+        .join(tenants, tenants.c.id == subscriptions.c.tenant_id)
+        .where(tenants.c.status != "purged")
     )
     with control.engine.connect() as conn:
         rows = conn.execute(query.order_by(tenants.c.slug)).mappings().all()

@@ -38,8 +38,14 @@ data_dir_option = click.option(
 
 
 def open_platform(data_dir: Path | None) -> tuple[Settings, Platform]:
-    settings = load_settings(data_dir)
-    return settings, Platform(settings)
+    """Read the settings and open the platform, turning configuration errors
+    (a bad environment variable, unreadable keys) into CLI errors."""
+    try:
+        settings = load_settings(data_dir)
+        return settings, Platform(settings)
+    except (ValueError, PlatformError) as err:
+        message = err.message if isinstance(err, PlatformError) else str(err)
+        raise click.ClickException(message) from err
 
 
 def fail(message: str) -> None:
@@ -693,7 +699,8 @@ def _serve(
 @data_dir_option
 def demo(host: str, port: int, no_serve: bool, data_dir: Path | None) -> None:
     """Create the demo tenant from the telecom example with its 7,043 real
-    customers, then serve it. Running it again changes nothing."""
+    customers, then serve it. Running it again keeps the tenant and its
+    records as they are and prints a new API token."""
     from .demo import setup_demo
 
     settings, platform = open_platform(data_dir)
@@ -1059,10 +1066,21 @@ def keys_status(slug: str | None, data_dir: Path | None) -> None:
 
     _, platform = open_platform(data_dir)
     click.echo(f"active key: {platform.key_ring.active_id}")
+    known = set(platform.key_ring.keys) | {"plaintext"}
+    unreadable = 0
     for runtime in run_safely(lambda: _key_tenants(platform, slug)):
         counts = run_safely(partial(count_key_ids, runtime))
-        parts = [f"{key_id}={count}" for key_id, count in sorted(counts.items())]
+        parts = []
+        for key_id, count in sorted(counts.items()):
+            missing = key_id not in known
+            unreadable += count if missing else 0
+            parts.append(f"{key_id}={count}" + (" (key missing)" if missing else ""))
         click.echo(f"{runtime.slug}\t{' '.join(parts) or 'no values'}")
+    if unreadable:
+        fail(
+            f"{unreadable} values are encrypted with keys that are not configured "
+            "and cannot be read: add those keys back to METACRM_ENCRYPTION_KEYS"
+        )
 
 
 @keys.command("rotate")
@@ -1119,8 +1137,19 @@ def _utc(moment: dt.datetime | None) -> str:
 
 
 def _check_new_file(path: Path) -> None:
+    check_new_file(path)
+
+
+def check_new_file(path: Path) -> None:
+    """Fail unless ``path`` names a file that does not exist yet, in a folder
+    that does."""
     if path.exists():
         fail(f"{str(path)!r} already exists: choose a file name that is not taken")
+    if not path.parent.is_dir():
+        fail(
+            f"folder {str(path.parent)!r} of {str(path)!r} does not exist: "
+            "create it or choose another place"
+        )
 
 
 @tenant.command("close")

@@ -12,7 +12,15 @@ from pathlib import Path
 import click
 
 from . import audit, personal_data
-from .cli import data_dir_option, fail, main, open_platform, run_safely, system_actor
+from .cli import (
+    check_new_file,
+    data_dir_option,
+    fail,
+    main,
+    open_platform,
+    run_safely,
+    system_actor,
+)
 from .records import RecordService
 from .tenancy import Platform
 
@@ -55,11 +63,10 @@ def audit_command(
         "limit": str(limit),
     }
     if actor:
-        actor_id = platform.control.find_user_id(actor)
-        if actor_id is None:
-            fail(f"no user has the e-mail address {actor!r}")
-        arguments["actor"] = actor_id or ""
-    query = run_safely(lambda: audit.parse_query(arguments, runtime.definition))
+        arguments["actor"] = actor
+    query = run_safely(lambda: audit.parse_query(
+        arguments, runtime.definition, platform.control.find_user_id
+    ))
     entries = run_safely(lambda: audit.search(runtime, query))
     names = audit.actor_names(platform, entries)
     for entry in entries:
@@ -131,8 +138,7 @@ def personal_data_export(
     data_dir: Path | None, output: Path,
 ) -> None:
     """Write every record of one person in tenant SLUG, with its history."""
-    if output.exists():
-        fail(f"{str(output)!r} already exists: choose a new file name")
+    check_new_file(output)
     _, platform = open_platform(data_dir)
     service, found = _find(platform, slug, email, record, as_email)
     document = run_safely(lambda: personal_data.export_document(service, found))

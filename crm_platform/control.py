@@ -41,7 +41,13 @@ TENANT_STATUSES = ("active", "read_only", "suspended")
 END_STATUSES = ("closed", "purged")
 ROLES = ("admin", "sales_manager", "sales_rep", "service_agent", "read_only")
 SLUG_PATTERN = re.compile(r"^[a-z][a-z0-9-]{1,39}$")
-EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+#: A valid e-mail address as HTML's <input type=email> defines it (WHATWG),
+#: with at least one dot in the domain.
+EMAIL_PATTERN = re.compile(
+    r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+"
+    r"@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
+)
 MIN_PASSWORD_LENGTH = 10
 BEARER_PREFIX = "mcrm_"
 #: Failed sign-ins of one e-mail address, on any tenant, that lock it out.
@@ -737,6 +743,11 @@ class ControlPlane:
 
         if role not in ROLES:
             raise PlatformError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
+        if tenant.status == "purged":
+            raise TenantError(
+                f"tenant {tenant.slug!r} is purged, so it takes no members; "
+                "create a new tenant instead"
+            )
         member = sa.and_(
             memberships.c.tenant_id == tenant.id, memberships.c.user_id == user_id
         )

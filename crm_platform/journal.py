@@ -369,6 +369,21 @@ def _changes_field(conn: sa.Connection, name: str) -> sa.ColumnElement[bool]:
     return sa.func.json_type(JOURNAL.c.changes, f"$.{name}").is_not(None)
 
 
+def erasures(conn: sa.Connection) -> list[tuple[str, str, list[str]]]:
+    """Return (entity, record id, field names) of every erasure in the
+    journal, oldest first."""
+    rows = conn.execute(
+        sa.select(JOURNAL.c.entity, JOURNAL.c.record_id, JOURNAL.c.changes)
+        .where(JOURNAL.c.action == "erase")
+        .order_by(JOURNAL.c.seq)
+    )
+    found = []
+    for entity, record_id, changes in rows:
+        names = sorted(changes) if isinstance(changes, Mapping) else []
+        found.append((str(entity), str(record_id), names))
+    return found
+
+
 def entries_after(
     conn: sa.Connection, after_seq: int, limit: int = MAX_PAGE
 ) -> list[Entry]:

@@ -97,6 +97,12 @@ def find(
     """Return the records of the person with ``email``, or of the person
     whose record is ``entity_name``/``record_id``."""
     found = Found()
+    if email and (entity_name or record_id):
+        raise BadQuery(
+            "name the person once: give an e-mail address, or an entity and a "
+            "record id, not both",
+            details={"email": ["give either email or entity and record_id"]},
+        )
     if email:
         found.people = _people_by_email(service, email.strip())
     elif entity_name and record_id:

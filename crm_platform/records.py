@@ -358,39 +358,12 @@ class RecordService:
     ) -> builtins.list[dict[str, Any]]:
         """Blank fields of records for a personal-data erasure, all in one
         transaction; each target is (entity name, record id, field names).
-
-        Validation is bypassed: a required text field gets ``ERASED_TEXT``,
-        every other field becomes empty. The journal gets an ``erase`` entry
-        per record without the old values, and the records' earlier entries
-        lose them too. Returns the records as stored afterwards.
-        """
+        Returns the records as stored afterwards; see ``erase_fields``."""
         self._check_writable()
-        now = dt.datetime.now(dt.UTC)
         entries = self._journal()
-        erased = []
         with self.runtime.engine.begin() as conn:
             entries.start(conn, expected=len(targets))
-            for entity_name, record_id, names in targets:
-                entity = self.runtime.entity(entity_name)
-                table = self.runtime.tables[entity_name]
-                values: dict[str, Any] = {
-                    name: _erased_value(entity.field(name)) for name in names
-                }
-                values.update(
-                    updated_at=now,
-                    updated_by=self.actor.user_id,
-                    version=table.c.version + 1,
-                )
-                result = conn.execute(
-                    table.update().where(table.c.id == record_id).values(**values)
-                )
-                if result.rowcount == 0:
-                    raise NotFound(f"{entity_name} record {record_id!r} not found")
-                after = _read_row(conn, table, record_id)
-                assert after is not None
-                journal.redact(conn, entity_name, record_id, names)
-                entries.erased(entity, after, names)
-                erased.append(after)
+            erased = erase_fields(conn, self.runtime, targets, entries)
             entries.write(conn)
         log.warning(
             "erased personal fields of %d records in tenant %s",
@@ -968,6 +941,49 @@ def _is_read_only(entity: Entity, key: str) -> bool:
     if key in SYSTEM_COLUMNS:
         return key not in WRITABLE_SYSTEM_COLUMNS
     return entity.has_field(key) and not entity.field(key).writable
+
+
+def erase_fields(
+    conn: sa.Connection,
+    runtime: TenantRuntime,
+    targets: Sequence[tuple[str, str, Sequence[str]]],
+    entries: journal.Journal,
+    missing_ok: bool = False,
+) -> list[dict[str, Any]]:
+    """Blank the named fields of each (entity, record id, field names) target
+    in ``conn``'s transaction, bypassing validation: a required text field
+    gets ``ERASED_TEXT``, every other field becomes empty.
+
+    Each record gets an ``erase`` entry in ``entries`` without the old
+    values, and its earlier journal entries lose them too. A missing record
+    raises ``NotFound`` unless ``missing_ok``.
+    """
+    erased = []
+    for entity_name, record_id, names in targets:
+        entity = runtime.entity(entity_name)
+        table = runtime.tables[entity_name]
+        known = [name for name in names if entity.has_field(name)]
+        values: dict[str, Any] = {
+            name: _erased_value(entity.field(name)) for name in known
+        }
+        values.update(
+            updated_at=entries.now,
+            updated_by=entries.actor_id,
+            version=table.c.version + 1,
+        )
+        result = conn.execute(
+            table.update().where(table.c.id == record_id).values(**values)
+        )
+        if result.rowcount == 0:
+            if missing_ok:
+                continue
+            raise NotFound(f"{entity_name} record {record_id!r} not found")
+        after = _read_row(conn, table, record_id)
+        assert after is not None
+        journal.redact(conn, entity_name, record_id, known)
+        entries.erased(entity, after, known)
+        erased.append(after)
+    return erased
 
 
 def _erased_value(field: Field) -> Any:

@@ -165,7 +165,7 @@ def test_history_after_edit(page: Page, base_url: str, console: Console) -> None
 
     page.click("[data-testid=nav-audit]")
     page.select_option("#audit-entity", "account")
-    page.fill("#audit-field", "city")
+    page.select_option("#audit-field", "city")
     page.click("[data-testid=audit-filters] button[type=submit]")
     results = page.locator("[data-testid=audit-results] > tbody > tr")
     expect(results).to_have_count(8)

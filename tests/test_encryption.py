@@ -309,6 +309,14 @@ def test_cli_rotate_and_status(
     assert status.exit_code == 0, status.output
     assert "acme\tk2=1" in status.output
 
+    monkeypatch.setenv("METACRM_ENCRYPTION_KEYS", first)
+    dropped = runner.invoke(main, ["keys", "status", "--tenant", "acme",
+                                   "--data-dir", data_dir])
+    assert dropped.exit_code == 1
+    assert "k2=1 (key missing)" in dropped.output
+    assert "1 values are encrypted with keys that are not configured" in (
+        dropped.output)
+
 
 # Masking
 

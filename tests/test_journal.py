@@ -269,3 +269,44 @@ def test_journal_table_created_for_old_tenant(
     runtime = platform.runtime("acme")
     RecordService(runtime, admin).create("account", {"name": "After upgrade"})
     assert len(entries(runtime)) == 1
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("since=2026-12-05&until=2026-12-01", "is after 'until'"),
+        ("limit=100000000", "use a number from 1 to 200"),
+        ("before_seq=-1", "use a whole number of 1 or more"),
+        ("before_seq=%EF%BC%90%EF%BC%91", "use a whole number of 1 or more"),
+        ("since=2026-W49-5", "use YYYY-MM-DD"),
+        ("field=" + "x" * 20_000, "use at most 63 characters"),
+        ("actor=nobody@example.org", "no user has the e-mail address"),
+    ],
+)
+def test_api_audit_rejects_bad_filters(
+    client: FlaskClient, auth: dict[str, str], query: str, expected: str
+) -> None:
+    response = client.get(f"{BASE}/audit?{query}", headers=auth)
+    assert response.status_code == 400
+    message = response.get_json()["error"]["message"]
+    assert expected in message
+    assert len(message) < 400
+
+
+def test_api_audit_far_future_until(
+    client: FlaskClient, auth: dict[str, str]
+) -> None:
+    client.post(f"{BASE}/records/account", json={"name": "Kept"}, headers=auth)
+    response = client.get(f"{BASE}/audit?until=9999-12-31", headers=auth)
+    assert response.status_code == 200
+    assert len(response.get_json()["data"]) == 1
+
+
+def test_api_audit_actor_by_email(
+    client: FlaskClient, auth: dict[str, str], admin: Actor
+) -> None:
+    client.post(f"{BASE}/records/account", json={"name": "Mine"}, headers=auth)
+    response = client.get(f"{BASE}/audit?actor={admin.email}", headers=auth)
+    assert [item["actor_id"] for item in response.get_json()["data"]] == [
+        admin.user_id
+    ]

@@ -110,7 +110,8 @@ def test_logs_leave_out_secrets(
     history = client.get(f"{BASE}/records/contact/{record_id}/history", headers=auth)
     assert national_id not in history.text
     erased = client.post(f"{BASE}/personal-data/erase",
-                         json={"email": "log@example.org"}, headers=auth)
+                         json={"email": "log@example.org", "confirm": "erase"},
+                         headers=auth)
     assert erased.status_code == 200
     token = auth["Authorization"].removeprefix("Bearer ")
     assert caplog.records

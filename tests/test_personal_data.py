@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from flask.testing import FlaskClient
 
 from crm_platform import journal, personal_data
+from crm_platform.archive import restore_archive, write_archive
 from crm_platform.cli import main
 from crm_platform.config import Settings
 from crm_platform.control import Actor
@@ -157,8 +158,12 @@ def test_api_export_and_erase(
                           headers=auth)
     assert exported.status_code == 200
     assert len(exported.get_json()["records"]) >= 4
-    erased = client.post(f"{BASE}/personal-data/erase", json={"email": EMAIL},
-                         headers=auth)
+    unconfirmed = client.post(f"{BASE}/personal-data/erase",
+                              json={"email": EMAIL}, headers=auth)
+    assert unconfirmed.status_code == 400
+    assert '"confirm": "erase"' in unconfirmed.get_json()["error"]["message"]
+    erased = client.post(f"{BASE}/personal-data/erase",
+                         json={"email": EMAIL, "confirm": "erase"}, headers=auth)
     assert erased.status_code == 200
     assert erased.get_json()["data"]["records"] == {"contact": 1, "lead": 1}
     again = client.get(f"{BASE}/personal-data", query_string={"email": EMAIL},
@@ -171,6 +176,35 @@ def test_api_erase_wrong_type(client: FlaskClient, auth: dict[str, str]) -> None
                            headers=auth)
     assert response.status_code == 400
     assert "invalid email" in response.get_json()["error"]["message"]
+
+
+def test_api_erase_rejects_unknown_keys(
+    client: FlaskClient, auth: dict[str, str], person: dict[str, Any],
+    records: RecordService,
+) -> None:
+    response = client.post(
+        f"{BASE}/personal-data/erase",
+        json={"email": EMAIL, "dry_run": True, "confirm": "erase"}, headers=auth,
+    )
+    assert response.status_code == 422
+    assert "'dry_run'" in response.get_json()["error"]["message"]
+    assert records.get("contact", person["contact"]["id"])["email"] == EMAIL
+
+
+def test_api_erase_unknown_person(client: FlaskClient, auth: dict[str, str]) -> None:
+    response = client.post(
+        f"{BASE}/personal-data/erase",
+        json={"email": "nobody@example.org", "confirm": "erase"}, headers=auth,
+    )
+    assert response.status_code == 404
+
+
+def test_find_needs_one_selector(
+    records: RecordService, person: dict[str, Any]
+) -> None:
+    with pytest.raises(BadQuery, match="not both"):
+        personal_data.find(records, email=EMAIL, entity_name="contact",
+                           record_id=person["contact"]["id"])
 
 
 def test_page_erase_needs_confirmation(
@@ -236,3 +270,27 @@ def test_cli_person_needs_one_selector(
     result = CliRunner().invoke(main, ["personal-data", "erase", "acme", "--yes"])
     assert result.exit_code == 1
     assert "either --email or --record" in result.output
+
+
+def test_restore_keeps_erasure(
+    platform: Platform, records: RecordService, person: dict[str, Any],
+    admin: Actor, tmp_path: Path,
+) -> None:
+    backup = tmp_path / "before.zip"
+    write_archive(platform, "acme", backup, admin, kind="backup")
+    personal_data.erase(records, personal_data.find(records, email=EMAIL))
+    restore_archive(platform, "acme", backup)
+    contact = records.get("contact", person["contact"]["id"])
+    assert contact["email"] is None
+    assert contact["name"] == ERASED_TEXT
+    assert records.get("contact", person["other"]["id"])["email"] == "x@y.org"
+    with records.runtime.engine.connect() as conn:
+        changes = " ".join(
+            json.dumps(value)
+            for value in conn.execute(sa.select(journal.JOURNAL.c.changes)).scalars()
+        )
+        erasures = journal.search(conn, journal.AuditQuery(action="erase"))
+    assert EMAIL.casefold() not in changes.casefold()
+    assert {entry.record_id for entry in erasures} == {
+        person["contact"]["id"], person["lead"]["id"]
+    }

@@ -442,3 +442,23 @@ def test_purged_tenant_row_kept(platform: Platform, crm: TenantRuntime) -> None:
         ).one()
     assert row.status == "purged"
     assert row.name == "Acme Ltd"
+
+
+def test_purged_tenant_takes_no_members(
+    platform: Platform, crm: TenantRuntime
+) -> None:
+    from crm_platform.billing import create_plan, run_billing, set_subscription
+    from crm_platform.errors import PlatformError
+
+    create_plan(platform.control, "team", "Team", seats=3)
+    set_subscription(platform.control, "acme", "team", dt.date(2027, 1, 31))
+    close_tenant(platform, "acme", now=utcnow() - LATER)
+    purge_due(platform)
+    tombstone = platform.control.get_tenant("acme")
+    user_id = platform.control.create_user("late@example.com", "a long passphrase 9")
+    with pytest.raises(TenantError, match="'acme' is purged, so it takes no members"):
+        platform.control.add_member(tombstone, user_id, "admin")
+    with pytest.raises(PlatformError, match="'acme' is purged, so it cannot be"):
+        set_subscription(platform.control, "acme", "team", dt.date(2027, 1, 31))
+    results = run_billing(platform.control, dt.date(2026, 12, 5))
+    assert [result.tenant_slug for result in results] == []
