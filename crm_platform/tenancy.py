@@ -72,6 +72,15 @@ class TenantRuntime:
         return schema
 
 
+@dataclass
+class _Compiled:
+    """Table definitions and validation schemas of one definition hash."""
+
+    metadata: sa.MetaData
+    tables: Mapping[str, sa.Table] = field(default_factory=dict)
+    schemas: dict[tuple[str, str], RecordSchema] = field(default_factory=dict)
+
+
 class Platform:
     """Everything a process needs to serve many tenants."""
 
@@ -84,6 +93,10 @@ class Platform:
         # Least recently used first; see ``_remember``.
         self._runtimes: OrderedDict[str, TenantRuntime] = OrderedDict()
         self._definitions: dict[str, Definition] = {}
+        # Tables and validation schemas depend only on the definition, so
+        # tenants on one template share them: a cached runtime then costs a
+        # few objects, not thousands, and garbage collection stays short.
+        self._compiled: dict[str, _Compiled] = {}
         self._lock = threading.RLock()
 
     # Run time
@@ -131,13 +144,22 @@ class Platform:
         if definition is None:
             definition = self._load_stored_definition(engine, tenant)
             self._definitions[definition.content_hash] = definition
-        metadata = sa.MetaData()
-        tables = build_tables(definition, metadata)
-        self._check_storage(engine, tenant, metadata)
+        compiled = self._compile(definition)
+        self._check_storage(engine, tenant, compiled.metadata)
         log.info("loaded metadata %s for tenant %s", definition.content_hash[:12],
                  tenant.slug)
         return TenantRuntime(tenant=tenant, engine=engine, definition=definition,
-                             tables=tables)
+                             tables=compiled.tables, _schemas=compiled.schemas)
+
+    def _compile(self, definition: Definition) -> _Compiled:
+        """Return the shared tables and schemas of ``definition``."""
+        with self._lock:
+            compiled = self._compiled.get(definition.content_hash)
+            if compiled is None:
+                compiled = _Compiled(sa.MetaData())
+                compiled.tables = build_tables(definition, compiled.metadata)
+                self._compiled[definition.content_hash] = compiled
+        return compiled
 
     def _check_storage(
         self, engine: sa.Engine, tenant: Tenant, metadata: sa.MetaData
@@ -244,8 +266,9 @@ class Platform:
         if tenant.metadata_hash == definition.content_hash:
             return self.runtime(slug)
         version = tenant.metadata_version + 1
-        metadata = sa.MetaData()
-        build_tables(definition, metadata)
+        # The shared tables, not new ones: each engine's statement cache
+        # would otherwise keep this tenant's copy alive.
+        metadata = self._compile(definition).metadata
         with self.engine(slug).begin() as conn:
             apply_tables(conn, metadata)
             conn.execute(
