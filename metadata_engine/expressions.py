@@ -1,0 +1,245 @@
+"""Expressions in metadata: CEL, compiled once and bounded.
+
+Tenant metadata will use one expression language for validation rules,
+formulas, defaults, visibility and workflow guards (decision record 0004).
+This module compiles a CEL expression with the ``cel-python`` package. It
+rejects, before anything runs, what could stall a worker or reach beyond
+the record. That is a source over ``MAX_SOURCE_LENGTH`` characters, nesting
+deeper than ``MAX_NESTING``, a comprehension macro (``all``, ``exists``,
+``exists_one``, ``map``, ``filter``) inside another, or a name that is not
+among the given fields. Errors carry the line and column of the problem.
+Nothing uses these expressions yet; validation rules and formulas will.
+
+Evaluation takes plain values only (text, numbers, booleans, dates, lists
+of those) and bounds the lists and texts a comprehension could iterate, so
+the cost of one evaluation is bounded by the expression's size times
+``MAX_LIST_ITEMS``. CEL has no loops, assignment or I/O, and nothing here
+uses ``eval``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import celpy
+import lark
+from celpy import celtypes
+
+#: Maximum length of an expression, in characters.
+MAX_SOURCE_LENGTH = 2_000
+#: Deepest nesting of sub-expressions (parentheses, arguments, operands).
+MAX_NESTING = 12
+#: Maximum number of items of a list value an expression may receive.
+MAX_LIST_ITEMS = 1_000
+#: Maximum length of a text value an expression may receive, in characters.
+MAX_TEXT_LENGTH = 10_000
+MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
+
+_ENVIRONMENT = celpy.Environment()
+
+
+class ExpressionError(ValueError):
+    """An expression that cannot be compiled or evaluated, with the line and
+    column (both from 1) of the problem when it has one."""
+
+    def __init__(
+        self, message: str, source: str, line: int | None = None,
+        column: int | None = None,
+    ) -> None:
+        where = f" at line {line}, column {column}" if line and column else ""
+        super().__init__(f"{message}{where} in {source!r}")
+        self.message = message
+        self.source = source
+        self.line = line
+        self.column = column
+
+
+@dataclass(frozen=True)
+class Expression:
+    """A compiled expression and the field names it reads."""
+
+    source: str
+    names: frozenset[str]
+    _program: Any = field(repr=False, compare=False)
+
+    def evaluate(self, values: Mapping[str, Any]) -> Any:
+        """Evaluate with ``values`` (field name to plain value) and return a
+        plain Python value; names the expression reads and ``values`` lacks
+        are null."""
+        activation = {name: _to_cel(self.source, name, values.get(name))
+                      for name in self.names}
+        try:
+            result = self._program.evaluate(activation)
+        except celpy.CELEvalError as err:
+            raise ExpressionError(f"evaluation failed: {err}", self.source) from err
+        if isinstance(result, celpy.CELEvalError):
+            raise ExpressionError(f"evaluation failed: {result}", self.source)
+        return _from_cel(result)
+
+
+def compile_expression(source: str, names: Collection[str]) -> Expression:
+    """Parse and check ``source``, which may read the fields in ``names``.
+
+    Raises ``ExpressionError`` naming the problem and its position.
+    """
+    if not isinstance(source, str) or not source.strip():
+        raise ExpressionError("an expression must be non-empty text", str(source))
+    if len(source) > MAX_SOURCE_LENGTH:
+        raise ExpressionError(
+            f"the expression has {len(source)} characters, more than "
+            f"{MAX_SOURCE_LENGTH}; split it into several rules",
+            source[:60] + "…",
+        )
+    try:
+        tree = _ENVIRONMENT.compile(source)
+    except celpy.CELParseError as err:
+        first_line = str(err).splitlines()[0] if str(err) else "invalid syntax"
+        raise ExpressionError(
+            f"invalid CEL syntax near {first_line!r}", source,
+            getattr(err, "line", None), getattr(err, "column", None),
+        ) from err
+    _check_nesting(source, tree)
+    used = _check_names(source, tree, frozenset(names))
+    return Expression(source, used, _ENVIRONMENT.program(tree))
+
+
+def _check_nesting(source: str, tree: lark.Tree) -> None:
+    def walk(node: lark.Tree, depth: int, in_macro: bool) -> None:
+        if node.data == "expr":
+            depth += 1
+            if depth > MAX_NESTING:
+                line, column = _position(node)
+                raise ExpressionError(
+                    f"the expression nests deeper than {MAX_NESTING} levels; "
+                    "simplify it or split it into several rules",
+                    source, line, column,
+                )
+        macro = _macro_name(node)
+        if macro is not None and in_macro:
+            line, column = _position(node)
+            raise ExpressionError(
+                f"the macro {macro!r} is inside another comprehension; nested "
+                "comprehensions are not allowed because their cost multiplies",
+                source, line, column,
+            )
+        for child in node.children:
+            if isinstance(child, lark.Tree):
+                walk(child, depth, in_macro or macro is not None)
+
+    walk(tree, 0, False)
+
+
+def _check_names(
+    source: str, tree: lark.Tree, allowed: frozenset[str]
+) -> frozenset[str]:
+    bound: set[str] = set()
+    for node in tree.iter_subtrees():
+        if _macro_name(node) is not None:
+            bound.update(_macro_variables(node))
+    used: set[str] = set()
+    for name, token in _identifiers(tree):
+        if name in bound:
+            continue
+        if name not in allowed:
+            raise ExpressionError(
+                f"unknown name {name!r}; use one of the entity's fields: "
+                + ", ".join(sorted(allowed)[:20]),
+                source, token.line, token.column,
+            )
+        used.add(name)
+    return frozenset(used)
+
+
+def _identifiers(tree: lark.Tree) -> Iterator[tuple[str, lark.Token]]:
+    """Yield the free-standing identifiers: ``primary`` idents, not the
+    member names after a dot or the names of called functions."""
+    for node in tree.iter_subtrees():
+        if node.data != "primary":
+            continue
+        for child in node.children:
+            if isinstance(child, lark.Tree) and child.data == "ident":
+                token = child.children[0]
+                if isinstance(token, lark.Token):
+                    yield str(token), token
+
+
+def _macro_name(node: lark.Tree) -> str | None:
+    if node.data != "member_dot_arg" or len(node.children) < 2:
+        return None
+    name = node.children[1]
+    if isinstance(name, lark.Token) and str(name) in MACROS:
+        return str(name)
+    return None
+
+
+def _macro_variables(node: lark.Tree) -> set[str]:
+    """Return the variable a macro binds: its first argument's identifier."""
+    arguments = node.children[2] if len(node.children) > 2 else None
+    if not isinstance(arguments, lark.Tree) or not arguments.children:
+        return set()
+    first = arguments.children[0]
+    if not isinstance(first, lark.Tree):
+        return set()
+    return {name for name, _ in _identifiers(first)}
+
+
+def _position(node: lark.Tree) -> tuple[int | None, int | None]:
+    for token in node.scan_values(lambda value: isinstance(value, lark.Token)):
+        return token.line, token.column
+    return None, None
+
+
+def _to_cel(source: str, name: str, value: Any) -> Any:
+    """Return ``value`` as a CEL value; only plain values are accepted."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return celtypes.BoolType(value)
+    if isinstance(value, int):
+        return celtypes.IntType(value)
+    if isinstance(value, float | decimal.Decimal):
+        # NOTE: CEL has no decimal type, so decimals compare as doubles;
+        # amounts beyond 15 significant digits lose precision here.
+        return celtypes.DoubleType(float(value))
+    if isinstance(value, str):
+        if len(value) > MAX_TEXT_LENGTH:
+            raise ExpressionError(
+                f"field {name!r} holds {len(value)} characters, more than "
+                f"{MAX_TEXT_LENGTH} that an expression may read", source,
+            )
+        return celtypes.StringType(value)
+    if isinstance(value, dt.datetime):
+        return celtypes.TimestampType(value.astimezone(dt.UTC))
+    if isinstance(value, dt.date):
+        return celtypes.TimestampType(
+            dt.datetime.combine(value, dt.time(), tzinfo=dt.UTC)
+        )
+    if isinstance(value, list | tuple):
+        if len(value) > MAX_LIST_ITEMS:
+            raise ExpressionError(
+                f"field {name!r} holds {len(value)} items, more than "
+                f"{MAX_LIST_ITEMS} that an expression may read", source,
+            )
+        return celtypes.ListType([_to_cel(source, name, item) for item in value])
+    raise ExpressionError(
+        f"field {name!r} holds a {type(value).__name__}, which expressions "
+        "cannot read; pass text, numbers, booleans, dates or lists", source,
+    )
+
+
+def _from_cel(value: Any) -> Any:
+    if isinstance(value, celtypes.BoolType):
+        return bool(value)
+    if isinstance(value, celtypes.IntType | celtypes.UintType):
+        return int(value)
+    if isinstance(value, celtypes.DoubleType):
+        return float(value)
+    if isinstance(value, celtypes.StringType):
+        return str(value)
+    if isinstance(value, celtypes.ListType):
+        return [_from_cel(item) for item in value]
+    return value
