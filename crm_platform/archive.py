@@ -786,7 +786,7 @@ def _erase_again(
     erased: list[tuple[str, str, list[str]]],
 ) -> None:
     """Erase again, in the restored records and journal, what the tenant's
-    journal says was erased before the restore, so that restoring an older
+    journal records as erased before the restore, so that restoring an older
     backup never brings back a person's erased data."""
     targets = [
         (entity, record_id, names)

@@ -287,19 +287,19 @@ def _titles(
 ) -> dict[tuple[str, str], str]:
     """Look up, one query per entity, the titles of the entries' records and
     of the records their lookup values point at."""
-    wanted: dict[str, set[str]] = {}
+    requested: dict[str, set[str]] = {}
     for entry in entries:
         if not definition.has_entity(entry.entity):
             continue
-        wanted.setdefault(entry.entity, set()).add(entry.record_id)
+        requested.setdefault(entry.entity, set()).add(entry.record_id)
         entity = definition.entity(entry.entity)
         for field in entity.lookups:
             values = entry.changes.get(field.name)
             if field.target and isinstance(values, list):
                 ids = {str(value) for value in values if isinstance(value, str)}
-                wanted.setdefault(field.target, set()).update(ids)
+                requested.setdefault(field.target, set()).update(ids)
     titles: dict[tuple[str, str], str] = {}
-    for entity_name, ids in wanted.items():
+    for entity_name, ids in requested.items():
         for record_id, title in titles_of(entity_name, ids).items():
             titles[(entity_name, record_id)] = title
     return titles

@@ -421,7 +421,7 @@ def redact(conn: sa.Connection, entity: str, record_id: str,
     Personal-data erasure calls it, so that the journal keeps the fact that
     a field changed but not the values that the erasure removed.
     """
-    wanted = set(names)
+    erased_names = set(names)
     rows = conn.execute(
         sa.select(JOURNAL.c.seq, JOURNAL.c.changes).where(
             JOURNAL.c.entity == entity, JOURNAL.c.record_id == record_id
@@ -429,16 +429,16 @@ def redact(conn: sa.Connection, entity: str, record_id: str,
     ).all()
     rewritten = 0
     for seq, changes in rows:
-        if not isinstance(changes, Mapping) or not wanted & set(changes):
+        if not isinstance(changes, Mapping) or not erased_names & set(changes):
             continue
         if all(
             value in {None, ERASED}
-            for name in wanted & set(changes)
+            for name in erased_names & set(changes)
             for value in changes[name]
         ):
             continue
         blanked = {
-            name: (_erase_values(values) if name in wanted else values)
+            name: (_erase_values(values) if name in erased_names else values)
             for name, values in changes.items()
         }
         conn.execute(

@@ -132,7 +132,7 @@ def _people_by_email(
             "name@example.com",
             details={"email": [f"invalid e-mail address {email!r}"]},
         )
-    wanted = email.casefold()
+    expected = email.casefold()
     people: list[tuple[Entity, dict[str, Any]]] = []
     for entity in service.runtime.definition.entities:
         names = [
@@ -147,7 +147,7 @@ def _people_by_email(
             for record in page.records:
                 value = record.get(name)
                 known = {str(item["id"]) for _, item in people}
-                matches = isinstance(value, str) and value.casefold() == wanted
+                matches = isinstance(value, str) and value.casefold() == expected
                 if matches and str(record["id"]) not in known:
                     people.append((entity, record))
     if len(people) > MAX_PEOPLE:

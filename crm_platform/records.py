@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 #: Largest text a single value may have, whatever its field allows, in
 #: characters: a guard against oversized requests reaching the database.
 MAX_VALUE_LENGTH = 100_000
-#: What a personal-data erasure writes into a required text field.
+#: Placeholder that a personal-data erasure writes into a required text field.
 ERASED_TEXT = "[erased]"
 #: Deepest chain of ON DELETE CASCADE lookups that one delete may follow.
 MAX_CASCADE_DEPTH = 10

@@ -208,7 +208,7 @@ def _to_cel(source: str, name: str, value: Any) -> Any:
     if isinstance(value, str):
         if len(value) > MAX_TEXT_LENGTH:
             raise ExpressionError(
-                f"field {name!r} holds {len(value)} characters, more than "
+                f"field {name!r} has {len(value)} characters, more than "
                 f"{MAX_TEXT_LENGTH} that an expression may read", source,
             )
         return celtypes.StringType(value)
@@ -221,12 +221,12 @@ def _to_cel(source: str, name: str, value: Any) -> Any:
     if isinstance(value, list | tuple):
         if len(value) > MAX_LIST_ITEMS:
             raise ExpressionError(
-                f"field {name!r} holds {len(value)} items, more than "
+                f"field {name!r} has {len(value)} items, more than "
                 f"{MAX_LIST_ITEMS} that an expression may read", source,
             )
         return celtypes.ListType([_to_cel(source, name, item) for item in value])
     raise ExpressionError(
-        f"field {name!r} holds a {type(value).__name__}, which expressions "
+        f"field {name!r} contains a {type(value).__name__}, which expressions "
         "cannot read; pass text, numbers, booleans, dates or lists", source,
     )
 

@@ -83,7 +83,7 @@ def test_oversized_list_rejected() -> None:
 
 def test_objects_rejected() -> None:
     rule = compile_expression("amount > 0", FIELDS)
-    with pytest.raises(ExpressionError, match="holds a object"):
+    with pytest.raises(ExpressionError, match="contains a object"):
         rule.evaluate({"amount": object()})
 
 

@@ -51,7 +51,7 @@ RESET_TOKEN = secrets.token_urlsafe(32)
 #: ``healthz`` returns a fixed status document, ``metrics`` labels its counts
 #: with route templates (never slugs or ids), and ``web.index`` lists no
 #: tenant (tests/test_web.py checks that it names none). The operator
-#: endpoints manage every tenant and answer 404 to anyone but a signed-in
+#: endpoints manage every tenant and return 404 to anyone but a signed-in
 #: operator (tests/test_operator.py checks every one of them).
 UNSCOPED_ENDPOINTS = frozenset({
     "static", "bootstrap.static", "renderers.static", "healthz", "metrics",

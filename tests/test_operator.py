@@ -82,14 +82,14 @@ def operator_urls(app: Flask) -> list[tuple[str, str]]:
     return found
 
 
-# Who sees the page
+# Which users can open the page
 
 
 def comparable_headers(response: TestResponse) -> dict[str, str]:
-    """Return the headers with the values that differ between any two
-    responses left out: the request id, and the refreshed session cookie's
-    signature and expiry, which change with the second the response is made
-    (only the cookie's name and attributes are compared)."""
+    """Return the headers without the values that differ between any two
+    responses. Those are the request id, and the refreshed session cookie's
+    signature and expiry, which change with the second of the response, so
+    only the cookie's name and attributes are compared."""
     headers = {}
     for name, value in response.headers.items():
         if name.lower() == "x-request-id":
