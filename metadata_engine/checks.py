@@ -22,8 +22,9 @@ from metadata_engine.layout_checks import (
     check_list_view,
     suggest,
 )
-from metadata_engine.merge import MANIFEST_KEY
+from metadata_engine.merge import MANIFEST_KEY, is_entity_key
 from metadata_engine.model import SYSTEM_COLUMNS
+from metadata_engine.permission_checks import References, check_permissions
 
 #: Maps (document key, pointer) of a merged document to (file, pointer).
 Locate = Callable[[str, str], tuple[str, str]]
@@ -56,28 +57,40 @@ def check_documents(
     locate: Locate,
     broken: Collection[str] = (),
     broken_fields: Mapping[str, Collection[str]] | None = None,
+    broken_documents: Collection[str] = (),
 ) -> list[Problem]:
     """Run every semantic check and return the problems found.
 
     ``broken`` names entities whose files failed schema validation, and
-    ``broken_fields`` the fields of each entity that did. Both count as
+    ``broken_fields`` the fields of each entity that did. ``broken_documents``
+    contains the keys of permission documents that did. All of them count as
     existing for references, so that one mistake is reported only once.
     """
     reporter = Reporter(locate)
     manifest = documents.get(MANIFEST_KEY)
     if manifest is not None:
         _check_manifest(reporter.for_document(MANIFEST_KEY), manifest)
-    entities = {key: doc for key, doc in documents.items() if key != MANIFEST_KEY}
+    entities = {key: doc for key, doc in documents.items() if is_entity_key(key)}
     known = {doc["name"] for doc in entities.values()} | set(broken)
     skipped = broken_fields or {}
     for key, entity in entities.items():
         report = reporter.for_document(key)
         _check_entity(report, entity, known, skipped.get(entity["name"], ()))
+    references = References(
+        entities={doc["name"]: doc for doc in entities.values()},
+        broken_entities=frozenset(broken),
+        broken_fields=skipped,
+        broken_documents=frozenset(broken_documents),
+    )
+    check_permissions(reporter.for_document, documents, references)
     return reporter.problems
 
 
-def check_file_name(file: str, document: Document) -> list[Problem]:
-    """Check that an entity file is named after its entity."""
+def check_file_name(
+    file: str, document: Document, noun: str = "entity"
+) -> list[Problem]:
+    """Check that a file is named after the entity (or other ``noun``) it
+    declares."""
     expected = f"{document['name']}.json"
     actual = PurePosixPath(file).name
     if actual == expected:
@@ -86,8 +99,8 @@ def check_file_name(file: str, document: Document) -> list[Problem]:
         Problem(
             file,
             "/name",
-            f"entity {document['name']!r} is in file {actual!r}",
-            f"rename the file to {expected!r} or change the entity name",
+            f"{noun} {document['name']!r} is in file {actual!r}",
+            f"rename the file to {expected!r} or change the {noun} name",
         )
     ]
 

@@ -11,26 +11,38 @@ from types import MappingProxyType
 from typing import Any
 
 from metadata_engine import rules, values
-from metadata_engine.merge import MANIFEST_KEY
+from metadata_engine.merge import MANIFEST_KEY, PERMISSION_DIRS, document_folder
 from metadata_engine.model import (
+    ADMIN_ROLE,
     DEFAULT_UNMASKED_ROLES,
     FORM_MODES,
+    SCOPED_RIGHTS,
+    SCOPES,
     Definition,
     Entity,
+    EntityGrant,
     Field,
     Filter,
     Form,
     FormItem,
     FormSection,
+    Grantee,
     Index,
     ListView,
     Option,
+    PermissionCase,
+    PermissionTest,
+    SharingRule,
     Text,
 )
 
 #: Keys that only matter while loading and are dropped from stored documents.
 LOADING_KEYS = ("$schema", "extends", "extend")
 MAX_INDEX_NAME = 60
+#: Label of the ``admin`` role when no roles/admin.json declares one.
+ADMIN_LABEL: Mapping[str, str] = MappingProxyType(
+    {"en": "Administrator", "zh-CN": "管理员"}
+)
 
 
 def normalize_documents(documents: Mapping[str, Any]) -> dict[str, Any]:
@@ -56,20 +68,48 @@ def compile_definition(documents: Mapping[str, Any]) -> Definition:
     """Compile normalized documents that passed every check."""
     manifest = documents[MANIFEST_KEY]
     locale = manifest.get("default_locale", rules.DEFAULT_LOCALE)
-    entity_documents = sorted(
-        (doc for key, doc in documents.items() if key != MANIFEST_KEY),
-        key=lambda doc: doc["name"],
-    )
+    folders = _by_folder(documents)
+    entities = tuple(_compile_entity(doc, locale) for doc in folders["entities"])
+    field_types = {
+        entity.name: {field.name: field.type for field in entity.fields}
+        for entity in entities
+    }
     return Definition(
         name=manifest["name"],
         label=Text.of(manifest["label"], locale),
         version=manifest["version"],
         default_locale=locale,
         locales=tuple(manifest.get("locales", [locale])),
-        entities=tuple(_compile_entity(doc, locale) for doc in entity_documents),
+        entities=entities,
         content_hash=content_hash(documents),
         documents=MappingProxyType(dict(documents)),
+        roles=_compile_roles(folders["roles"], locale),
+        permission_sets=tuple(
+            _compile_grantee(doc, "permission_set", locale)
+            for doc in folders["permission_sets"]
+        ),
+        sharing_rules=tuple(
+            _compile_sharing_rule(doc, locale) for doc in folders["sharing_rules"]
+        ),
+        permission_tests=tuple(
+            _compile_permission_test(doc, field_types)
+            for doc in folders["permission_tests"]
+        ),
     )
+
+
+def _by_folder(documents: Mapping[str, Any]) -> dict[str, list[Mapping[str, Any]]]:
+    """Return the documents of each folder, sorted by name."""
+    folders: dict[str, list[Mapping[str, Any]]] = {
+        folder: [] for folder in ("entities", *PERMISSION_DIRS)
+    }
+    for key, document in documents.items():
+        folder = document_folder(key)
+        if folder is not None:
+            folders[folder].append(document)
+    for items in folders.values():
+        items.sort(key=lambda doc: str(doc["name"]))
+    return folders
 
 
 def index_name(entity: str, fields: tuple[str, ...], unique: bool) -> str:
@@ -256,3 +296,105 @@ def _default_list_view(
     others = [field.name for field in fields if field.name != title]
     columns = (title, *others[: rules.LIST_VIEW_EXTRA_COLUMNS])
     return ListView(rules.LIST_VIEW_NAME, plural_label, columns)
+
+
+# Permissions ------------------------------------------------------------------
+
+
+def _compile_roles(
+    documents: list[Mapping[str, Any]], locale: str
+) -> tuple[Grantee, ...]:
+    """Compile the declared roles, with ``admin`` first whether declared or not."""
+    roles = [_compile_grantee(doc, "role", locale) for doc in documents]
+    admin = [role for role in roles if role.name == ADMIN_ROLE]
+    others = [role for role in roles if role.name != ADMIN_ROLE]
+    if not admin:
+        admin = [Grantee(ADMIN_ROLE, Text.of(ADMIN_LABEL, locale), "role")]
+    return (*admin, *others)
+
+
+def _compile_grantee(document: Mapping[str, Any], kind: str, locale: str) -> Grantee:
+    entities = document.get("entities", {})
+    grants = tuple(
+        _compile_grant(entity, entities[entity]) for entity in sorted(entities)
+    )
+    return Grantee(
+        name=document["name"],
+        label=_text(document["label"], locale),
+        kind=kind,
+        grants=grants,
+        description=_optional_text(document.get("description"), locale),
+    )
+
+
+def _compile_grant(entity: str, document: Mapping[str, Any]) -> EntityGrant:
+    scopes = {right: _scopes(document.get(right, False)) for right in SCOPED_RIGHTS}
+    fields = document.get("fields", {})
+    return EntityGrant(
+        entity=entity,
+        read=scopes["read"],
+        edit=scopes["edit"],
+        delete=scopes["delete"],
+        create=document.get("create", False),
+        export=document.get("export", False),
+        import_records=document.get("import", False),
+        change_owner=document.get("change_owner", False),
+        fields=MappingProxyType({name: fields[name] for name in sorted(fields)}),
+    )
+
+
+def _scopes(value: bool | str | list[str]) -> tuple[str, ...]:
+    """Return the scopes of a scoped right, unique and in ``SCOPES`` order."""
+    if value is True:
+        return ("all",)
+    if value is False:
+        return ()
+    listed = [value] if isinstance(value, str) else value
+    return tuple(scope for scope in SCOPES if scope in listed)
+
+
+def _compile_sharing_rule(document: Mapping[str, Any], locale: str) -> SharingRule:
+    conditions = tuple(
+        Filter(item["field"], item["op"], _freeze(item["value"]))
+        for item in document["where"]
+    )
+    return SharingRule(
+        name=document["name"],
+        label=_text(document["label"], locale),
+        entity=document["entity"],
+        conditions=conditions,
+        access=document.get("access", "read"),
+        roles=tuple(document.get("roles", [])),
+        teams=tuple(document.get("teams", [])),
+    )
+
+
+def _compile_permission_test(
+    document: Mapping[str, Any], field_types: Mapping[str, Mapping[str, str]]
+) -> PermissionTest:
+    cases = tuple(
+        _compile_case(case, field_types[case["entity"]]) for case in document["cases"]
+    )
+    return PermissionTest(name=document["name"], cases=cases)
+
+
+def _compile_case(
+    document: Mapping[str, Any], field_types: Mapping[str, str]
+) -> PermissionCase:
+    """Compile one case, converting its values to the Python types of their
+    fields (a date string to ``date``, a number of a currency to ``Decimal``)."""
+    record_values = {
+        name: _convert(field_types[name], value)
+        for name, value in document.get("values", {}).items()
+    }
+    return PermissionCase(
+        description=document["description"],
+        role=document["role"],
+        entity=document["entity"],
+        action=document["action"],
+        allowed=document["allowed"],
+        owner=document.get("owner", "other"),
+        permission_sets=tuple(document.get("permission_sets", [])),
+        field_name=document.get("field"),
+        values=MappingProxyType(record_values),
+    )

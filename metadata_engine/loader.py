@@ -19,9 +19,13 @@ from metadata_engine.checks import check_documents
 from metadata_engine.compiler import compile_definition, normalize_documents
 from metadata_engine.errors import DefinitionError, Problem
 from metadata_engine.merge import (
+    ENTITIES_DIR,
     MANIFEST_KEY,
+    PERMISSION_DIRS,
     FolderDocuments,
     Layer,
+    document_folder,
+    is_entity_key,
     merge_folder,
 )
 from metadata_engine.model import Definition
@@ -31,7 +35,15 @@ logger = logging.getLogger("metadata_engine")
 
 TEMPLATES_ENV = "METACRM_TEMPLATES_DIR"
 DEFAULT_TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "tenant_definitions"
-ENTITIES_DIR = "entities"
+#: The document keys that ``compile_documents`` accepts, for its problems.
+_KEY_NAMES = [
+    f"'{key}'"
+    for key in (
+        MANIFEST_KEY,
+        *(f"{folder}/NAME.json" for folder in (ENTITIES_DIR, *PERMISSION_DIRS)),
+    )
+]
+_DOCUMENT_KEYS = ", ".join(_KEY_NAMES[:-1]) + " or " + _KEY_NAMES[-1]
 
 
 def templates_dir_default() -> Path:
@@ -115,13 +127,15 @@ def _file_signature(folder: Path) -> tuple[Any, ...]:
 def compile_documents(documents: Mapping[str, Any]) -> Definition:
     """Validate and compile merged documents keyed by their path in the folder.
 
-    The keys are ``definition.json`` and ``entities/NAME.json``. The documents
-    must not extend a base: pass ``Definition.documents`` of a loaded definition.
+    The keys are ``definition.json``, ``entities/NAME.json``, and
+    ``FOLDER/NAME.json`` for the permission folders roles, permission_sets,
+    sharing_rules and permission_tests. The documents must not extend a base:
+    pass ``Definition.documents`` of a loaded definition.
     """
     problems: list[Problem] = []
     parsed: dict[str, Any] = {}
     for key, document in documents.items():
-        if key == MANIFEST_KEY or _is_entity_key(key):
+        if key == MANIFEST_KEY or document_folder(key) is not None:
             parsed[key] = document
         else:
             problems.append(
@@ -129,22 +143,13 @@ def compile_documents(documents: Mapping[str, Any]) -> Definition:
                     key,
                     "",
                     f"unexpected document key {key!r}",
-                    "use 'definition.json' or 'entities/NAME.json'",
+                    f"use {_DOCUMENT_KEYS}",
                 )
             )
     folder = collect_folder(parsed, prefix="", manifest_exists=MANIFEST_KEY in parsed)
     folder.problems[:0] = problems
     _reject_unmerged(folder)
     return _finish(merge_folder(folder, None))
-
-
-def _is_entity_key(key: str) -> bool:
-    path = PurePosixPath(key)
-    return (
-        len(path.parts) == 2
-        and path.parts[0] == ENTITIES_DIR
-        and path.suffix == ".json"
-    )
 
 
 def _reject_unmerged(folder: FolderDocuments) -> None:
@@ -177,7 +182,11 @@ def _reject_unmerged(folder: FolderDocuments) -> None:
 def _finish(layer: Layer) -> Definition:
     problems = list(layer.problems)
     problems += check_documents(
-        layer.documents, layer.locate, layer.broken, layer.broken_fields
+        layer.documents,
+        layer.locate,
+        layer.broken,
+        layer.broken_fields,
+        layer.broken_documents,
     )
     if problems:
         raise DefinitionError(problems)
@@ -198,7 +207,8 @@ class FolderFiles:
 
 
 def read_folder(folder: Path) -> FolderFiles:
-    """Read definition.json and entities/*.json, the only definition files read."""
+    """Read definition.json, entities/*.json and the *.json files of the
+    permission folders, the only definition files read."""
     result = FolderFiles()
     if not folder.is_dir():
         result.found = False
@@ -213,14 +223,9 @@ def read_folder(folder: Path) -> FolderFiles:
         return result
     manifest = folder / MANIFEST_KEY
     paths = [manifest] if manifest.is_file() else []
-    entities_dir = folder / ENTITIES_DIR
-    result.has_entities_dir = entities_dir.is_dir()
-    if result.has_entities_dir:
-        paths += sorted(
-            path
-            for path in entities_dir.glob("*.json")
-            if path.is_file() and not path.name.startswith(".")
-        )
+    result.has_entities_dir = (folder / ENTITIES_DIR).is_dir()
+    for name in (ENTITIES_DIR, *PERMISSION_DIRS):
+        paths += _json_files(folder / name)
     for path in paths:
         key = path.relative_to(folder).as_posix()
         try:
@@ -230,6 +235,17 @@ def read_folder(folder: Path) -> FolderFiles:
                 Problem(key, "", f"cannot read {key}: {err}", "check the file")
             )
     return result
+
+
+def _json_files(directory: Path) -> list[Path]:
+    """Return the visible *.json files of ``directory``, sorted, if it exists."""
+    if not directory.is_dir():
+        return []
+    return sorted(
+        path
+        for path in directory.glob("*.json")
+        if path.is_file() and not path.name.startswith(".")
+    )
 
 
 def _find_base(folder: Path, extends: str, templates: Path) -> tuple[Path, str]:
@@ -302,11 +318,13 @@ def _parse_folder(raw: FolderFiles, prefix: str) -> tuple[FolderDocuments, str |
     )
     read_problems = [_prefixed(problem, prefix) for problem in raw.problems]
     documents.problems[:0] = read_problems + parse_problems
-    documents.broken |= {
-        PurePosixPath(problem.file).stem
-        for problem in parse_problems
-        if problem.file != documents.manifest_file
-    }
+    for key in raw.files:
+        if key in parsed or key == MANIFEST_KEY:
+            continue
+        if is_entity_key(key):
+            documents.broken.add(PurePosixPath(key).stem)
+        else:
+            documents.broken_documents.add(key)
     return documents, _extends_of(parsed.get(MANIFEST_KEY))
 
 
@@ -342,7 +360,7 @@ def _require_entities(
                 "create entities/ with one NAME.json file per entity",
             )
         )
-    elif not any(_is_entity_key(key) for key in raw.files):
+    elif not any(is_entity_key(key) for key in raw.files):
         documents.problems.append(
             Problem(
                 prefix + ENTITIES_DIR,

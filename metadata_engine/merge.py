@@ -10,11 +10,21 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any
 
 from metadata_engine.errors import Problem
 
 MANIFEST_KEY = "definition.json"
+ENTITIES_DIR = "entities"
+#: Folders of permission documents, next to entities/, with one NAME.json per
+#: role, permission set, sharing rule or permission test.
+PERMISSION_DIRS: tuple[str, ...] = (
+    "roles",
+    "permission_sets",
+    "sharing_rules",
+    "permission_tests",
+)
 
 #: Entity properties that an extension replaces when it sets them.
 REPLACED_BY_EXTENSION = (
@@ -31,7 +41,23 @@ APPENDED_BY_EXTENSION = ("fields", "indexes", "unique")
 
 def entity_key(name: str) -> str:
     """Return the document key of the entity called ``name``."""
-    return f"entities/{name}.json"
+    return f"{ENTITIES_DIR}/{name}.json"
+
+
+def document_folder(key: str) -> str | None:
+    """Return the folder of a ``FOLDER/NAME.json`` document key, if the folder
+    is entities/ or a permission folder, else None."""
+    path = PurePosixPath(key)
+    if len(path.parts) != 2 or path.suffix != ".json":
+        return None
+    folder = path.parts[0]
+    if folder == ENTITIES_DIR or folder in PERMISSION_DIRS:
+        return folder
+    return None
+
+
+def is_entity_key(key: str) -> bool:
+    return document_folder(key) == ENTITIES_DIR
 
 
 @dataclass
@@ -86,6 +112,20 @@ class EntityFile:
 
 
 @dataclass
+class PermissionFile:
+    """A schema-valid role, permission set, sharing rule or permission test."""
+
+    file: str
+    folder: str
+    document: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        """Return the merged document key, ``FOLDER/NAME.json``."""
+        return f"{self.folder}/{self.document['name']}.json"
+
+
+@dataclass
 class FolderDocuments:
     """The schema-valid documents of one definition folder, before merging."""
 
@@ -98,6 +138,10 @@ class FolderDocuments:
     problems: list[Problem]
     #: Names of fields, by entity, that failed validation and were left out.
     broken_fields: dict[str, set[str]] = field(default_factory=dict)
+    permissions: list[PermissionFile] = field(default_factory=list)
+    #: Keys (``roles/NAME.json`` and so on) of permission documents that failed
+    #: to parse or validate. References to them are not reported again.
+    broken_documents: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -109,6 +153,7 @@ class Layer:
     broken: set[str]
     problems: list[Problem]
     broken_fields: dict[str, set[str]] = field(default_factory=dict)
+    broken_documents: set[str] = field(default_factory=set)
 
     def locate(self, key: str, pointer: str) -> tuple[str, str]:
         """Return the file and pointer that the merged ``key#pointer`` came from."""
@@ -128,6 +173,7 @@ def merge_folder(folder: FolderDocuments, base: Layer | None) -> Layer:
         broken=base.broken | folder.broken,
         problems=[*base.problems, *folder.problems],
         broken_fields={name: set(names) for name, names in base.broken_fields.items()},
+        broken_documents=base.broken_documents | folder.broken_documents,
     )
     for name, names in folder.broken_fields.items():
         layer.broken_fields.setdefault(name, set()).update(names)
@@ -136,7 +182,7 @@ def merge_folder(folder: FolderDocuments, base: Layer | None) -> Layer:
     else:
         layer.documents.pop(MANIFEST_KEY, None)
     base_names = {
-        doc["name"] for key, doc in base.documents.items() if key != MANIFEST_KEY
+        doc["name"] for key, doc in base.documents.items() if is_entity_key(key)
     }
     for entity in folder.entities:
         if entity.document.get("extend") is not True:
@@ -145,6 +191,11 @@ def merge_folder(folder: FolderDocuments, base: Layer | None) -> Layer:
             layer.problems.append(_extension_without_base(entity))
         else:
             _merge_extension(layer, entity, base_names, base.broken)
+    for permission in folder.permissions:
+        # A permission document replaces the base's document of the same
+        # folder and name whole, so that an extension can redefine a role.
+        layer.documents[permission.key] = copy.deepcopy(permission.document)
+        layer.sources[permission.key] = SourceMap(permission.file)
     return layer
 
 

@@ -42,6 +42,17 @@ MESSAGES: Mapping[str, Mapping[str, str]] = {
         "lookup_missing": "No {entity} record has the id {input!r}.",
         "unique": "Another record already has this value.",
         "owner_not_member": "No member of this tenant has the user id {input!r}.",
+        "field_not_editable": (
+            "Your role may not change this field; ask an admin for a role or "
+            "permission set that makes it editable."
+        ),
+        "owner_not_changeable": (
+            "Your role may not give records to other users; leave the owner "
+            "out, or ask someone with the change-owner right."
+        ),
+        "record_not_editable": (
+            "A record with this key exists, and your role may not change it."
+        ),
     },
     "zh-CN": {
         "required": "此字段为必填项。",
@@ -72,6 +83,14 @@ MESSAGES: Mapping[str, Mapping[str, str]] = {
         "lookup_missing": "不存在 ID 为 {input!r} 的{entity}记录。",
         "unique": "已有其他记录使用此值。",
         "owner_not_member": "本租户中没有用户 ID 为 {input!r} 的成员。",
+        "field_not_editable": (
+            "您的角色不能修改此字段；请管理员授予可编辑此字段的角色或权限集。"
+        ),
+        "owner_not_changeable": (
+            "您的角色不能把记录转给其他用户；请不填写负责人，"
+            "或请有更改负责人权限的人操作。"
+        ),
+        "record_not_editable": "已有使用此键值的记录，您的角色不能修改它。",
     },
 }
 

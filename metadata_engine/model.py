@@ -230,6 +230,113 @@ class Entity:
         return None
 
 
+#: Rights a grant gives on an entity's records.
+RIGHTS: tuple[str, ...] = (
+    "read", "create", "edit", "delete", "export", "import", "change_owner",
+)
+#: Rights that apply to some records only, with a scope per grant.
+SCOPED_RIGHTS: tuple[str, ...] = ("read", "edit", "delete")
+#: Record scopes, narrowest first. ``team`` and ``subordinates`` include the
+#: user's own records.
+SCOPES: tuple[str, ...] = ("own", "team", "subordinates", "all")
+#: Field access levels, least first; the union of grants takes the highest.
+FIELD_ACCESS: tuple[str, ...] = ("hidden", "read_only", "editable")
+#: The role that holds every right on every entity, whatever metadata says,
+#: so that a tenant cannot lock itself out of its own definition.
+ADMIN_ROLE = "admin"
+
+
+@dataclass(frozen=True)
+class EntityGrant:
+    """What one role or permission set allows on one entity.
+
+    ``entity`` is an entity name or ``"*"`` for every entity. Scoped rights
+    hold the scopes they cover (empty: not granted); ``fields`` maps a field
+    name to its access level, and fields it does not name are editable.
+    """
+
+    entity: str
+    read: tuple[str, ...] = ()
+    edit: tuple[str, ...] = ()
+    delete: tuple[str, ...] = ()
+    create: bool = False
+    export: bool = False
+    import_records: bool = False
+    change_owner: bool = False
+    fields: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    def scopes(self, right: str) -> tuple[str, ...]:
+        """Return the scopes of a scoped right, or ``("all",)`` for a granted
+        unscoped right (create, export, import, change_owner)."""
+        if right in SCOPED_RIGHTS:
+            return tuple(getattr(self, right))
+        granted = self.import_records if right == "import" else getattr(self, right)
+        return ("all",) if granted else ()
+
+
+@dataclass(frozen=True)
+class Grantee:
+    """A role or a permission set: a name, a label and its entity grants."""
+
+    name: str
+    label: Text
+    kind: str  # "role" or "permission_set"
+    grants: tuple[EntityGrant, ...] = ()
+    description: Text | None = None
+
+    def grants_for(self, entity: str) -> tuple[EntityGrant, ...]:
+        """Return the grants that apply to ``entity``: the ones naming it, or
+        else the ``"*"`` grants, so that a named entity overrides the
+        wildcard within one role or permission set."""
+        named = tuple(g for g in self.grants if g.entity == entity)
+        return named or tuple(g for g in self.grants if g.entity == "*")
+
+
+@dataclass(frozen=True)
+class SharingRule:
+    """Records of ``entity`` matching every condition are shared with members
+    of ``roles`` and ``teams`` (team names, which are tenant data), with
+    ``access`` "read" or "edit"."""
+
+    name: str
+    label: Text
+    entity: str
+    conditions: tuple[Filter, ...]
+    access: str = "read"
+    roles: tuple[str, ...] = ()
+    teams: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PermissionCase:
+    """One expectation of a permission test.
+
+    A user with ``role`` and ``permission_sets`` meets a record of ``entity``
+    holding ``values`` and owned by ``owner``: "self", "other" (a user in no
+    team with them), "team" (a team mate), "subordinate" or "manager".
+    ``action`` is a right, or "see" / "change" for ``field_name``; ``allowed`` is
+    the expected answer.
+    """
+
+    description: str
+    role: str
+    entity: str
+    action: str
+    allowed: bool
+    owner: str = "other"
+    permission_sets: tuple[str, ...] = ()
+    field_name: str | None = None
+    values: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class PermissionTest:
+    """A named group of permission cases from one metadata document."""
+
+    name: str
+    cases: tuple[PermissionCase, ...]
+
+
 @dataclass(frozen=True)
 class Definition:
     """A whole compiled tenant definition, identified by its content hash."""
@@ -246,6 +353,10 @@ class Definition:
     documents: Mapping[str, Any] = field(
         default_factory=lambda: MappingProxyType({}), repr=False, compare=False
     )
+    roles: tuple[Grantee, ...] = ()
+    permission_sets: tuple[Grantee, ...] = ()
+    sharing_rules: tuple[SharingRule, ...] = ()
+    permission_tests: tuple[PermissionTest, ...] = ()
     _by_name: Mapping[str, Entity] = field(
         default_factory=lambda: MappingProxyType({}), repr=False, compare=False
     )
@@ -260,6 +371,28 @@ class Definition:
 
     def has_entity(self, name: str) -> bool:
         return name in self._by_name
+
+    def role(self, name: str) -> Grantee | None:
+        for role in self.roles:
+            if role.name == name:
+                return role
+        return None
+
+    def permission_set(self, name: str) -> Grantee | None:
+        for permission_set in self.permission_sets:
+            if permission_set.name == name:
+                return permission_set
+        return None
+
+    @property
+    def role_names(self) -> tuple[str, ...]:
+        """Every role a member may hold: ``admin`` first, then the declared."""
+        names = [ADMIN_ROLE]
+        names += [role.name for role in self.roles if role.name != ADMIN_ROLE]
+        return tuple(names)
+
+    def sharing_rules_for(self, entity: str) -> tuple[SharingRule, ...]:
+        return tuple(rule for rule in self.sharing_rules if rule.entity == entity)
 
     def referencing(self, target: str) -> tuple[tuple[Entity, Field], ...]:
         """Return every (entity, lookup field) pair that points at ``target``."""

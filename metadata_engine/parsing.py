@@ -8,18 +8,53 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
+from jsonschema.exceptions import ValidationError
+
 from metadata_engine.checks import check_file_name
 from metadata_engine.errors import Problem
-from metadata_engine.merge import MANIFEST_KEY, EntityFile, FolderDocuments
+from metadata_engine.merge import (
+    MANIFEST_KEY,
+    PERMISSION_DIRS,
+    EntityFile,
+    FolderDocuments,
+    PermissionFile,
+    document_folder,
+)
 from metadata_engine.schema_validation import (
     ENTITY_SCHEMA,
     MANIFEST_SCHEMA,
+    PathItem,
+    _sort_key,
+    _Translator,
+    _validator,
     validate_document,
 )
+
+GRANTEE_SCHEMA = "grantee.schema.json"
+SHARING_RULE_SCHEMA = "sharing_rule.schema.json"
+PERMISSION_TEST_SCHEMA = "permission_test.schema.json"
+#: The schema of each permission folder, and the noun for one of its documents.
+PERMISSION_SCHEMAS: dict[str, tuple[str, str]] = {
+    "roles": (GRANTEE_SCHEMA, "role"),
+    "permission_sets": (GRANTEE_SCHEMA, "permission set"),
+    "sharing_rules": (SHARING_RULE_SCHEMA, "sharing rule"),
+    "permission_tests": (PERMISSION_TEST_SCHEMA, "permission test"),
+}
+#: Singular nouns for the items of the lists of permission documents.
+_PERMISSION_ITEM_NOUNS = {
+    "read": "scope",
+    "edit": "scope",
+    "delete": "scope",
+    "where": "condition",
+    "roles": "role",
+    "teams": "team",
+    "cases": "case",
+    "permission_sets": "permission set",
+}
 
 _FIELD_POINTER = re.compile(r"/fields/(\d+)(?:/|$)")
 
@@ -72,9 +107,15 @@ def collect_folder(
             )
         )
     names: dict[str, str] = {}
+    permission_names: dict[str, dict[str, str]] = {}
     for key in sorted(parsed):
         file = prefix + key
         document = parsed[key]
+        folder = document_folder(key)
+        if folder in PERMISSION_DIRS:
+            by_name = permission_names.setdefault(folder, {})
+            _collect_permission(result, file, folder, document, by_name)
+            continue
         schema = MANIFEST_SCHEMA if key == MANIFEST_KEY else ENTITY_SCHEMA
         problems = validate_document(file, document, schema)
         if key == MANIFEST_KEY:
@@ -109,6 +150,78 @@ def collect_folder(
         names[name] = file
         result.entities.append(entity)
     return result
+
+
+def _collect_permission(
+    result: FolderDocuments,
+    file: str,
+    folder: str,
+    document: Any,
+    names: dict[str, str],
+) -> None:
+    """Validate one permission document and add it to ``result`` if valid."""
+    schema, noun = PERMISSION_SCHEMAS[folder]
+    problems = validate_permission_document(file, document, schema, noun)
+    if problems:
+        result.problems += problems
+        result.broken_documents |= {
+            f"{folder}/{name}.json" for name in _names_of(file, document)
+        }
+        return
+    result.problems += check_file_name(file, document, noun)
+    name = document["name"]
+    if name in names:
+        result.problems.append(
+            Problem(
+                file,
+                "/name",
+                f"{noun} name {name!r} is already used by {names[name]}",
+                f"give every {noun} a unique name",
+            )
+        )
+        return
+    names[name] = file
+    result.permissions.append(PermissionFile(file, folder, document))
+
+
+def validate_permission_document(
+    file: str, document: Any, schema_file: str, noun: str
+) -> list[Problem]:
+    """Validate a permission document, naming it as ``noun`` in problems."""
+    errors = sorted(_validator(schema_file).iter_errors(document), key=_sort_key)
+    translator = _PermissionTranslator(file, document, schema_file, noun)
+    problems: list[Problem] = []
+    for error in errors:
+        for problem in translator.translate(error):
+            if problem not in problems:
+                problems.append(problem)
+    return problems
+
+
+class _PermissionTranslator(_Translator):
+    """Translator of schema errors that names permission documents and items."""
+
+    def __init__(self, file: str, document: Any, schema_file: str, noun: str) -> None:
+        super().__init__(file, document, schema_file)
+        self.root_noun = f"the {noun}"
+
+    def _item_name(self, path: Sequence[PathItem]) -> str:
+        parent = str(path[-2]) if len(path) >= 2 else ""
+        if parent not in _PERMISSION_ITEM_NOUNS:
+            return super()._item_name(path)
+        return f"{_PERMISSION_ITEM_NOUNS[parent]} {path[-1]}"
+
+    def _on_minItems(
+        self, error: ValidationError, path: tuple[PathItem, ...]
+    ) -> list[Problem]:
+        key = str(path[-1]) if path else ""
+        if key not in _PERMISSION_ITEM_NOUNS:
+            return super()._on_minItems(error, path)
+        message = f"{self._subject(path)} must not be empty"
+        hint = f"add at least one {_PERMISSION_ITEM_NOUNS[key]}"
+        if key in ("read", "edit", "delete"):
+            hint += ", or use false to grant none"
+        return [self._problem(path, message, hint)]
 
 
 def _without_broken_fields(

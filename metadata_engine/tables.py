@@ -130,6 +130,7 @@ def build_service_tables(metadata: sa.MetaData) -> None:
             sa.Index("ix__journal_actor", "actor_id", "seq"),
             sa.Index("ix__journal_at", "at"),
         )
+    build_access_tables(metadata)
     if "_metadata" not in metadata.tables:
         sa.Table(
             "_metadata",
@@ -140,3 +141,69 @@ def build_service_tables(metadata: sa.MetaData) -> None:
             sa.Column("applied_at", UTCDateTime(), nullable=False),
             sa.Column("applied_by", sa.String(255)),
         )
+
+
+def build_access_tables(metadata: sa.MetaData) -> None:
+    """Add the tenant data that record permissions read: teams, reporting
+    lines, permission set assignments and records shared by hand.
+
+    ``_hierarchy`` is derived from ``_reporting``: one row per (manager,
+    user) pair where the user reports to the manager directly or through
+    others, so that "my subordinates' records" is one indexed subquery.
+    """
+    if "_teams" in metadata.tables:
+        return
+    sa.Table(
+        "_teams",
+        metadata,
+        sa.Column("id", sa.String(36), primary_key=True),
+        sa.Column("name", sa.String(63), nullable=False, unique=True),
+        sa.Column("label", sa.String(200), nullable=False),
+    )
+    sa.Table(
+        "_team_members",
+        metadata,
+        sa.Column(
+            "team_id",
+            sa.String(36),
+            sa.ForeignKey("_teams.id", ondelete="CASCADE"),
+            primary_key=True,
+        ),
+        sa.Column("user_id", sa.String(36), primary_key=True),
+        sa.Index("ix__team_members_user", "user_id", "team_id"),
+    )
+    sa.Table(
+        "_reporting",
+        metadata,
+        sa.Column("user_id", sa.String(36), primary_key=True),
+        sa.Column("manager_id", sa.String(36), nullable=False),
+    )
+    sa.Table(
+        "_hierarchy",
+        metadata,
+        sa.Column("manager_id", sa.String(36), primary_key=True),
+        sa.Column("user_id", sa.String(36), primary_key=True),
+    )
+    sa.Table(
+        "_permission_set_assignments",
+        metadata,
+        sa.Column("user_id", sa.String(36), primary_key=True),
+        sa.Column("permission_set", sa.String(64), primary_key=True),
+    )
+    sa.Table(
+        "_shares",
+        metadata,
+        sa.Column("id", sa.String(36), primary_key=True),
+        sa.Column("entity", sa.String(64), nullable=False),
+        sa.Column("record_id", sa.String(36), nullable=False),
+        sa.Column("user_id", sa.String(36)),
+        sa.Column(
+            "team_id", sa.String(36), sa.ForeignKey("_teams.id", ondelete="CASCADE")
+        ),
+        sa.Column("access", sa.String(8), nullable=False),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.Column("created_by", sa.String(36)),
+        sa.Index("ix__shares_record", "entity", "record_id"),
+        sa.Index("ix__shares_user", "user_id"),
+        sa.Index("ix__shares_team", "team_id"),
+    )
