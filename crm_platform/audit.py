@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,13 +172,23 @@ def search(runtime: TenantRuntime, query: journal.AuditQuery) -> list[journal.En
 
 
 def record_history(
-    runtime: TenantRuntime, entity: str, record_id: str, before_seq: int | None = None
+    runtime: TenantRuntime,
+    entity: str,
+    record_id: str,
+    before_seq: int | None = None,
+    hidden: Collection[str] = frozenset(),
 ) -> list[journal.Entry]:
-    """Return one record's entries, newest first, a page at a time."""
+    """Return one record's entries, newest first, a page at a time, without
+    the fields in ``hidden`` (those the reader's role may not see). The
+    caller checks first that the reader may read the record."""
     query = journal.AuditQuery(
         entity=entity, record_id=record_id, before_seq=before_seq, limit=PAGE_SIZE
     )
-    return search(runtime, query)
+    entries = search(runtime, query)
+    for entry in entries:
+        for name in hidden:
+            entry.changes.pop(name, None)
+    return entries
 
 
 def changes(entity: Entity | None, entry: journal.Entry, locale: str) -> list[Change]:

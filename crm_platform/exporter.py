@@ -90,8 +90,9 @@ def export(
     """
     if check_plan:
         require_feature(service.runtime.tenant, "export")
-    entity = service.runtime.entity(entity_name)
-    columns = [*SYSTEM_COLUMNS, *entity.field_names]
+    access = service.require(entity_name, "export")
+    entity = access.entity
+    columns = [*SYSTEM_COLUMNS, *(n for n in entity.field_names if access.visible(n))]
     role = service.actor.role
     records = (
         mask_record(entity, record, role)

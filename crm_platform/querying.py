@@ -12,7 +12,7 @@ import binascii
 import datetime as dt
 import decimal
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -260,9 +260,16 @@ def compile_condition(table: sa.Table, condition: Condition) -> sa.ColumnElement
 
 
 def compile_search(
-    entity: Entity, table: sa.Table, text: str
+    entity: Entity,
+    table: sa.Table,
+    text: str,
+    hidden: Collection[str] = frozenset(),
 ) -> sa.ColumnElement[bool]:
-    names = [f.name for f in entity.searchable_fields] or [entity.title_field]
+    """Match ``text`` in the searchable fields, or the title field if none;
+    fields in ``hidden`` are never searched, so matches cannot reveal them."""
+    names = [f.name for f in entity.searchable_fields if f.name not in hidden]
+    if not names:
+        names = [entity.title_field if entity.title_field not in hidden else "id"]
     needle = text.lower()
     return sa.or_(
         *(

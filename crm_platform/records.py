@@ -2,8 +2,11 @@
 
 The API, the HTML views and the importer call ``RecordService`` and never
 touch entity tables themselves, so validation, system columns, optimistic
-locking, the record quota and the change journal apply on every path, and
-(later) permissions.
+locking, the record quota, the change journal and record permissions apply
+on every path. Permissions come from ``access.Access``: each read adds the
+user's read predicate to its WHERE clause and drops hidden fields, and each
+write carries the edit or delete predicate in its UPDATE or DELETE, so no
+row is loaded to be checked in Python and no check can race the write.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ from metadata_engine.tables import build_service_tables
 from metadata_engine.validation import WRITABLE_SYSTEM_COLUMNS
 
 from . import journal
+from .access import Access, Principal, access_for, load_principal
 from .control import Actor
 from .errors import (
+    BadQuery,
     Conflict,
     Forbidden,
     LimitReached,
@@ -117,15 +122,64 @@ class RecordService:
         self.messages = messages_for(locale)
         self.is_member = is_member
         self.request_id = request_id
+        self._principal: Principal | None = None
+        self._access: dict[str, Access] = {}
+
+    # Permissions
+
+    @property
+    def principal(self) -> Principal:
+        """The actor with their permission sets and teams, read once."""
+        if self._principal is None:
+            if self.actor.role == "admin":
+                self._principal = Principal(self.actor.user_id, self.actor.role)
+            else:
+                with self.runtime.engine.connect() as conn:
+                    self._principal = load_principal(
+                        conn, self.actor.user_id, self.actor.role
+                    )
+        return self._principal
+
+    def access(self, entity_name: str) -> Access:
+        """Return the actor's rights on ``entity_name`` (``NotFound`` for an
+        unknown entity)."""
+        cached = self._access.get(entity_name)
+        if cached is None:
+            entity = self.runtime.entity(entity_name)
+            cached = access_for(self.runtime.definition, entity, self.principal)
+            self._access[entity_name] = cached
+        return cached
+
+    def require(self, entity_name: str, right: str) -> Access:
+        """Return the actor's access to ``entity_name``, or raise
+        ``Forbidden`` if no grant gives them ``right`` on any record."""
+        access = self.access(entity_name)
+        if not access.allows(right):
+            label = access.entity.plural_label.get(self.locale)
+            raise Forbidden(
+                f"role {self.actor.role!r} may not {right.replace('_', ' ')} "
+                f"{label}: no grant of the role or the user's permission sets "
+                "gives this right; ask an admin of the tenant",
+                details={"entity": entity_name, "right": right},
+            )
+        return access
+
+    def readable(self, entity_name: str, record_id: str) -> bool:
+        """Return True if the record exists and the actor may read it."""
+        access = self.access(entity_name)
+        with self.runtime.engine.connect() as conn:
+            return self._passes(conn, access, "read", str(record_id))
 
     # Reads
 
     def list(self, entity_name: str, query: ListQuery) -> Page:
         """Return one page of records matching ``query``, in its sort order
         with ``id`` as the last tie-breaker, so cursors are stable."""
-        entity = self.runtime.entity(entity_name)
+        access = self.require(entity_name, "read")
         table = self.runtime.tables[entity_name]
-        where = self._where(entity, table, query)
+        where = self._where(access, table, query)
+        for key in query.sort:
+            self._check_visible(access, key.removeprefix("-"), "sort by")
 
         sort = [*query.sort]
         if not any(key.removeprefix("-") == "id" for key in sort):
@@ -147,7 +201,9 @@ class RecordService:
             statement = statement.offset(query.offset)
 
         with self.runtime.engine.connect() as conn:
-            rows = [dict(row) for row in conn.execute(statement).mappings()]
+            rows = [
+                access.strip(dict(row)) for row in conn.execute(statement).mappings()
+            ]
             total = None
             if query.count:
                 counter = sa.select(sa.func.count()).select_from(table).where(*where)
@@ -161,39 +217,66 @@ class RecordService:
         return Page(records=rows, next_cursor=next_cursor, total=total)
 
     def _where(
-        self, entity: Entity, table: sa.Table, query: ListQuery
+        self, access: Access, table: sa.Table, query: ListQuery
     ) -> builtins.list[sa.ColumnElement[bool]]:
+        """Return the WHERE clauses of a list query: the user's filters and
+        search, and the read predicate of their rights."""
+        for condition in query.conditions:
+            self._check_visible(access, condition.field, "filter on")
         where = [compile_condition(table, condition) for condition in query.conditions]
         if query.search:
-            where.append(compile_search(entity, table, query.search))
+            where.append(
+                compile_search(access.entity, table, query.search, access.hidden)
+            )
+        predicate = access.predicate("read", table)
+        if predicate is not None:
+            where.append(predicate)
         return where
 
+    def _check_visible(self, access: Access, name: str, action: str) -> None:
+        """Refuse a filter or sort key on a hidden field with the error an
+        unknown field gets, so that ordering cannot probe its values."""
+        if access.visible(name):
+            return
+        entity = access.entity
+        visible = [n for n in entity.field_names if access.visible(n)]
+        raise BadQuery(
+            f"unknown field {name!r} for entity {entity.name!r}",
+            details={"field": name, "fields": visible, "action": action},
+        )
+
     def get(self, entity_name: str, record_id: str) -> dict[str, Any]:
-        """Return one record or raise ``NotFound``."""
-        self.runtime.entity(entity_name)
+        """Return one record or raise ``NotFound``; a record the actor may
+        not read is not found either."""
+        access = self.require(entity_name, "read")
         table = self.runtime.tables[entity_name]
+        statement = sa.select(table).where(table.c.id == str(record_id))
+        predicate = access.predicate("read", table)
+        if predicate is not None:
+            statement = statement.where(predicate)
         with self.runtime.engine.connect() as conn:
-            row = (
-                conn.execute(sa.select(table).where(table.c.id == str(record_id)))
-                .mappings()
-                .first()
-            )
+            row = conn.execute(statement).mappings().first()
         if row is None:
             raise NotFound(f"{entity_name} record {record_id!r} not found")
-        return dict(row)
+        return access.strip(dict(row))
 
     def titles(self, entity_name: str, ids: Iterable[str]) -> dict[str, str]:
-        """Return the title of each record in ``ids`` that exists."""
+        """Return the title of each record in ``ids`` that exists and that
+        the actor may read."""
         requested_ids = {str(record_id) for record_id in ids if record_id}
         if not requested_ids:
             return {}
-        entity = self.runtime.entity(entity_name)
+        access = self.access(entity_name)
+        if not access.allows("read"):
+            return {}
         table = self.runtime.tables[entity_name]
-        title = table.c[entity.title_field]
+        title = _title_column(access, table)
+        statement = sa.select(table.c.id, title).where(table.c.id.in_(requested_ids))
+        predicate = access.predicate("read", table)
+        if predicate is not None:
+            statement = statement.where(predicate)
         with self.runtime.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(table.c.id, title).where(table.c.id.in_(requested_ids))
-            )
+            rows = conn.execute(statement)
             return {
                 row[0]: str(row[1] if row[1] is not None else row[0]) for row in rows
             }
@@ -215,13 +298,21 @@ class RecordService:
     def search_titles(
         self, entity_name: str, text: str, limit: int = 20
     ) -> builtins.list[tuple[str, str]]:
-        """Return (id, title) pairs for a lookup picker."""
-        entity = self.runtime.entity(entity_name)
+        """Return (id, title) pairs for a lookup picker: only records the
+        actor may read."""
+        access = self.access(entity_name)
+        if not access.allows("read"):
+            return []
         table = self.runtime.tables[entity_name]
-        title = table.c[entity.title_field]
+        title = _title_column(access, table)
         statement = sa.select(table.c.id, title).order_by(title).limit(limit)
         if text:
-            statement = statement.where(compile_search(entity, table, text))
+            statement = statement.where(
+                compile_search(access.entity, table, text, access.hidden)
+            )
+        predicate = access.predicate("read", table)
+        if predicate is not None:
+            statement = statement.where(predicate)
         with self.runtime.engine.connect() as conn:
             return [(row[0], str(row[1] or row[0])) for row in conn.execute(statement)]
 
@@ -230,13 +321,14 @@ class RecordService:
     ) -> builtins.list[tuple[Any, int]]:
         """Count the records matching ``query`` per value of one field, most
         frequent first: one GROUP BY in the database, whatever the row count."""
-        entity = self.runtime.entity(entity_name)
+        access = self.require(entity_name, "read")
+        self._check_visible(access, field_name, "count by")
         table = self.runtime.tables[entity_name]
         column = table.c[field_name]
         count = sa.func.count().label("count")
         statement = (
             sa.select(column, count)
-            .where(*self._where(entity, table, query))
+            .where(*self._where(access, table, query))
             .group_by(column)
             .order_by(count.desc(), column)
             .limit(limit)
@@ -251,6 +343,9 @@ class RecordService:
         self.get(entity_name, record_id)
         lists = []
         for entity, field in self.runtime.definition.referencing(entity_name):
+            access = self.access(entity.name)
+            if not access.allows("read") or not access.visible(field.name):
+                continue
             query = ListQuery(limit=limit, count=True)
             query.conditions.append(Condition(field.name, "eq", record_id))
             lists.append(RelatedList(entity, field, self.list(entity.name, query)))
@@ -260,8 +355,9 @@ class RecordService:
 
     def create(self, entity_name: str, data: Mapping[str, Any]) -> dict[str, Any]:
         self._check_writable()
-        entity = self.runtime.entity(entity_name)
-        values = self._load(entity, data, partial=False)
+        access = self.require(entity_name, "create")
+        entity = access.entity
+        values = self._load(entity, data, partial=False, access=access)
         self._fill_new(entity, values, dt.datetime.now(dt.UTC))
         table = self.runtime.tables[entity_name]
         entries = self._journal()
@@ -280,7 +376,7 @@ class RecordService:
         log.info(
             "created %s %s in tenant %s", entity_name, values["id"], self.runtime.slug
         )
-        return record
+        return access.strip(record)
 
     def update(
         self,
@@ -292,9 +388,10 @@ class RecordService:
         """Change the given fields; with ``expected_version``, only if the
         record is still at that version (else ``VersionConflict``)."""
         self._check_writable()
-        entity = self.runtime.entity(entity_name)
+        access = self.require(entity_name, "edit")
+        entity = access.entity
         table = self.runtime.tables[entity_name]
-        values = self._load(entity, data, partial=True)
+        values = self._load(entity, data, partial=True, access=access)
         if "id" in values and values["id"] != record_id:
             raise RecordInvalid(
                 "the id of a record cannot be changed",
@@ -309,31 +406,45 @@ class RecordService:
         statement = table.update().where(table.c.id == record_id).values(**values)
         if expected_version is not None:
             statement = statement.where(table.c.version == expected_version)
+        predicate = access.predicate("edit", table)
+        if predicate is not None:
+            statement = statement.where(predicate)
         entries = self._journal()
         with self.runtime.engine.begin() as conn:
             entries.start(conn, expected=1)
             before = _read_row(conn, table, record_id)
             result = self._execute_write(conn, entity, statement, values)
             if before is None or result.rowcount == 0:
-                self._raise_missing_or_stale(
-                    conn, entity_name, record_id, expected_version
+                self._raise_refused(
+                    conn, access, "edit", record_id, expected_version
                 )
+            assert before is not None
+            self._check_owner_change(access, before, values)
             after = _read_row(conn, table, record_id)
-            assert before is not None and after is not None
+            assert after is not None
             entries.updated(entity, before, after)
             entries.write(conn)
-        return after
+        return access.strip(after)
 
     def delete(
         self, entity_name: str, record_id: str, expected_version: int | None = None
     ) -> None:
         """Delete a record unless others still refer to it with ``restrict``."""
         self._check_writable()
-        entity = self.runtime.entity(entity_name)
+        access = self.require(entity_name, "delete")
+        entity = access.entity
         table = self.runtime.tables[entity_name]
+        predicate = access.predicate("delete", table)
         entries = self._journal()
         with self.runtime.engine.begin() as conn:
             entries.start(conn, expected=1)
+            # Refuse before saying anything about the records that refer to
+            # this one, which the actor may not be allowed to know about.
+            permitted = sa.select(table.c.id).where(table.c.id == record_id)
+            if predicate is not None:
+                permitted = permitted.where(predicate)
+            if conn.execute(permitted).first() is None:
+                self._raise_refused(conn, access, "delete", record_id, None)
             self._check_not_referenced(conn, entity_name, record_id)
             before = _read_row(conn, table, record_id)
             if before is not None:
@@ -341,10 +452,12 @@ class RecordService:
             statement = table.delete().where(table.c.id == record_id)
             if expected_version is not None:
                 statement = statement.where(table.c.version == expected_version)
+            if predicate is not None:
+                statement = statement.where(predicate)
             result = conn.execute(statement)
             if before is None or result.rowcount == 0:
-                self._raise_missing_or_stale(
-                    conn, entity_name, record_id, expected_version
+                self._raise_refused(
+                    conn, access, "delete", record_id, expected_version
                 )
             assert before is not None
             entries.deleted(entity, before)
@@ -390,8 +503,11 @@ class RecordService:
         alone), so importing the same file twice creates nothing new.
         """
         self._check_writable()
-        entity = self.runtime.entity(entity_name)
+        access = self.require(entity_name, "import")
+        entity = access.entity
         table = self.runtime.tables[entity_name]
+        if key:
+            self._check_visible(access, key, "import by")
         if key and entity.has_field(key) and entity.field(key).sensitive:
             raise RecordInvalid(
                 f"invalid import key {key!r}: {entity_name}.{key} is encrypted, "
@@ -402,7 +518,7 @@ class RecordService:
         result = BatchResult()
         loaded: IndexedRows = []
         schema = self.runtime.schema(entity.name, self.locale)
-        read_only = _read_only_names(entity)
+        read_only = _read_only_names(entity) | access.hidden | access.read_only
         for index, row in enumerate(rows):
             try:
                 if schema.is_typed(row) and _passes_guards(read_only, row):
@@ -411,7 +527,9 @@ class RecordService:
                         raise RecordInvalid("invalid row", problems)
                     loaded.append((index, dict(row)))
                 else:
-                    loaded.append((index, self._load(entity, row, partial=False)))
+                    loaded.append(
+                        (index, self._load(entity, row, partial=False, access=access))
+                    )
             except RecordInvalid as err:
                 result.errors[index] = err.details or {"_schema": [err.message]}
         with self.runtime.engine.begin() as conn:
@@ -428,6 +546,9 @@ class RecordService:
                     if not key or row.get(key) not in existing
                 ]
             inserts, updates = self._split_writes(entity, key, loaded, existing, result)
+            inserts, updates = self._permitted_writes(
+                conn, access, inserts, updates, result
+            )
             if dry_run:
                 result.created = len(inserts)
                 result.updated = len(updates)
@@ -631,9 +752,10 @@ class RecordService:
     # Helpers
 
     def _load(
-        self, entity: Entity, data: Mapping[str, Any], partial: bool
+        self, entity: Entity, data: Mapping[str, Any], partial: bool, access: Access
     ) -> dict[str, Any]:
-        """Validate input through the entity's schema, collecting every error."""
+        """Validate input through the entity's schema and the actor's field
+        rights, collecting every error."""
         if not isinstance(data, Mapping):
             raise RecordInvalid(
                 f"a record must be a JSON object, not {type(data).__name__}"
@@ -645,10 +767,19 @@ class RecordService:
                 errors[key] = [self.messages["max_length"].format(max=MAX_VALUE_LENGTH)]
             elif _is_read_only(entity, key):
                 errors[key] = [self.messages["read_only"]]
+            elif access.level(key) != "editable" and entity.has_field(key):
+                errors[key] = [self.messages["field_not_editable"]]
             elif isinstance(value, str) and not _storable(value):
                 errors[key] = [self.messages["invalid_text"]]
             elif key == "owner_id" and value and not self._may_own(str(value)):
                 errors[key] = [self.messages["owner_not_member"].format(input=value)]
+            elif (
+                key == "owner_id"
+                and not partial
+                and value not in (None, "", self.actor.user_id)
+                and not access.allows("change_owner")
+            ):
+                errors[key] = [self.messages["owner_not_changeable"]]
             else:
                 clean[key] = value
         try:
@@ -748,6 +879,25 @@ class RecordService:
                     for row in rows:
                         entries.updated(other, row, {**row, field.name: None})
 
+    def permits(self, entity_name: str, right: str, record_id: str) -> bool:
+        """Return True if the record exists and the actor may ``right`` it
+        (read, edit or delete)."""
+        access = self.access(entity_name)
+        with self.runtime.engine.connect() as conn:
+            return self._passes(conn, access, right, str(record_id))
+
+    def _passes(
+        self, conn: sa.Connection, access: Access, right: str, record_id: str
+    ) -> bool:
+        if not access.allows(right):
+            return False
+        table = self.runtime.tables[access.entity.name]
+        statement = sa.select(table.c.id).where(table.c.id == record_id)
+        predicate = access.predicate(right, table)
+        if predicate is not None:
+            statement = statement.where(predicate)
+        return conn.execute(statement).first() is not None
+
     def _check_writable(self) -> None:
         status = self.runtime.tenant.status
         if status != "active":
@@ -842,19 +992,93 @@ class RecordService:
                 f"the {entity.name} record conflicts with stored data: {err.orig}"
             ) from err
 
-    def _raise_missing_or_stale(
+    def _check_owner_change(
+        self, access: Access, before: Mapping[str, Any], values: Mapping[str, Any]
+    ) -> None:
+        if "owner_id" not in values or values["owner_id"] == before["owner_id"]:
+            return
+        if access.allows("change_owner"):
+            return
+        raise RecordInvalid(
+            f"invalid {access.entity.name}: check owner_id",
+            {"owner_id": [self.messages["owner_not_changeable"]]},
+        )
+
+    def _permitted_writes(
         self,
         conn: sa.Connection,
-        entity_name: str,
+        access: Access,
+        inserts: IndexedRows,
+        updates: IndexedRows,
+        result: BatchResult,
+    ) -> tuple[IndexedRows, IndexedRows]:
+        """Keep the import rows the actor may write: new records need the
+        create right and their own ownership unless they may change owners;
+        matched records must pass the edit predicate."""
+        denied: dict[int, dict[str, builtins.list[str]]] = {}
+        if inserts and not access.allows("create"):
+            message = f"role {self.actor.role!r} may not create {access.entity.name}"
+            denied.update({index: {"_schema": [message]} for index, _ in inserts})
+        if updates:
+            table = self.runtime.tables[access.entity.name]
+            editable = self._editable_ids(
+                conn, access, table, [values["_id"] for _, values in updates]
+            )
+            for index, values in updates:
+                if values["_id"] not in editable:
+                    denied[index] = {"_schema": [self.messages["record_not_editable"]]}
+                elif "owner_id" in values and not access.allows("change_owner"):
+                    denied[index] = {
+                        "owner_id": [self.messages["owner_not_changeable"]]
+                    }
+        result.errors.update(denied)
+        return (
+            [(index, values) for index, values in inserts if index not in denied],
+            [(index, values) for index, values in updates if index not in denied],
+        )
+
+    def _editable_ids(
+        self,
+        conn: sa.Connection,
+        access: Access,
+        table: sa.Table,
+        record_ids: builtins.list[str],
+    ) -> set[str]:
+        predicate = access.predicate("edit", table)
+        if predicate is None:
+            return set(record_ids)
+        found: set[str] = set()
+        for start in range(0, len(record_ids), 500):
+            chunk = record_ids[start : start + 500]
+            statement = sa.select(table.c.id).where(table.c.id.in_(chunk), predicate)
+            found.update(conn.execute(statement).scalars())
+        return found
+
+    def _raise_refused(
+        self,
+        conn: sa.Connection,
+        access: Access,
+        right: str,
         record_id: str,
         expected_version: int | None,
     ) -> None:
+        """Raise the error for a write that changed no row: ``NotFound`` if
+        the actor cannot read the record, ``Forbidden`` if they may read it
+        but not ``right`` it, else ``VersionConflict``."""
+        entity_name = access.entity.name
         table = self.runtime.tables[entity_name]
         current = conn.execute(
             sa.select(table.c.version).where(table.c.id == record_id)
         ).scalar()
-        if current is None:
+        if current is None or not self._passes(conn, access, "read", record_id):
             raise NotFound(f"{entity_name} record {record_id!r} not found")
+        if not self._passes(conn, access, right, record_id):
+            raise Forbidden(
+                f"role {self.actor.role!r} may read {entity_name} {record_id!r} "
+                f"but not {right} it: no grant or sharing covers this record "
+                f"for {right}; ask its owner or an admin",
+                details={"entity": entity_name, "right": right},
+            )
         raise VersionConflict(
             f"{entity_name} {record_id!r} is at version {current}, not "
             f"{expected_version}: reload it and apply your change again",
@@ -880,6 +1104,12 @@ def _as_stored(
         elif field.type == "multi_picklist":
             record[field.name] = sorted(set(value))
     return record
+
+
+def _title_column(access: Access, table: sa.Table) -> sa.ColumnElement[Any]:
+    """Return the title column, or the id when the title field is hidden."""
+    title_field = access.entity.title_field
+    return table.c[title_field] if access.visible(title_field) else table.c.id
 
 
 def _read_row(

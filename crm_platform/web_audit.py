@@ -31,9 +31,11 @@ log = logging.getLogger(__name__)
 def record_history(tenant: str, entity: str, record_id: str) -> ResponseReturnValue:
     """Show the record's change journal, newest first."""
     metadata = g.runtime.entity(entity)
-    record = record_service(g.locale).get(metadata.name, record_id)
+    service = record_service(g.locale)
+    record = service.get(metadata.name, record_id)
     before = audit.parse_int(request.args, "before_seq")
-    entries = audit.record_history(g.runtime, metadata.name, record_id, before)
+    entries = audit.record_history(g.runtime, metadata.name, record_id, before,
+                                   service.access(metadata.name).hidden)
     rows = audit.describe(get_platform(), g.runtime, entries, g.locale,
                           record_service(g.locale).titles)
     older = audit.next_before_seq(entries, audit.PAGE_SIZE)
