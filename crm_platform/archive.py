@@ -15,6 +15,11 @@ same tenant). An archive contains:
   handed out after an import or restore do not repeat stored ones;
 - ``journal.jsonl``: the change journal, one entry per line, oldest first,
   so that record history survives a move or a restore;
+- ``access/<table>.jsonl``: the rows of the tenant data behind record
+  permissions (``ACCESS_TABLES``: teams, team members, reporting lines,
+  their derived hierarchy, permission set assignments and manual shares),
+  one row per line. Archives written before these existed have none, and
+  loading them leaves those tables as they are;
 - ``manifest.json``: format version, tenant, metadata hash, export time,
   record counts per entity and the SHA-256 of every other member.
 
@@ -45,6 +50,7 @@ import sqlalchemy as sa
 
 from metadata_engine.errors import DefinitionError
 from metadata_engine.loader import compile_documents
+from metadata_engine.merge import document_folder
 from metadata_engine.model import SYSTEM_COLUMNS, Definition, Entity
 from metadata_engine.tables import build_service_tables
 
@@ -61,6 +67,16 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SEQUENCES = "sequences.json"
 JOURNAL = "journal.jsonl"
+ACCESS_PREFIX = "access/"
+#: The access tables in load order: teams before the rows that refer to them.
+ACCESS_TABLES: tuple[str, ...] = (
+    "_teams",
+    "_team_members",
+    "_reporting",
+    "_hierarchy",
+    "_permission_set_assignments",
+    "_shares",
+)
 DEFINITION_PREFIX = "definition/"
 DATA_PREFIX = "data/"
 #: Largest uncompressed size accepted for one member, as declared in the zip
@@ -68,7 +84,7 @@ DATA_PREFIX = "data/"
 MAX_MEMBER_SIZE = 1 << 30
 #: Largest uncompressed size of all members together, in bytes.
 MAX_TOTAL_SIZE = 16 << 30
-_ENTITY_DOCUMENT = re.compile(r"^entities/[a-z][a-z0-9_]{0,62}\.json$")
+_DOCUMENT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}\.json$")
 _DECIMAL_TYPES = {"decimal", "currency", "percent"}
 _SERVICE_TABLES = sa.MetaData()
 build_service_tables(_SERVICE_TABLES)
@@ -144,6 +160,7 @@ def write_archive(
         with tempfile.TemporaryFile() as spool:
             manifest.counts_journal = _write_journal(runtime, spool)
             manifest.files[JOURNAL] = _copy_member(archive, JOURNAL, spool)
+        _write_access(archive, manifest, runtime)
         text = json.dumps(manifest.as_json(), ensure_ascii=False, indent=2)
         archive.writestr(MANIFEST, text)
     log.info("wrote %s archive of tenant %s to %s", kind, slug, output)
@@ -232,6 +249,30 @@ def _write_journal(runtime: TenantRuntime, output: IO[bytes]) -> int:
             count += len(entries)
             after = entries[-1].seq
     return count
+
+
+def _write_access(
+    archive: zipfile.ZipFile, manifest: Manifest, runtime: TenantRuntime
+) -> None:
+    """Write each access table as ``access/<table>.jsonl``, in key order."""
+    for name in ACCESS_TABLES:
+        table = _SERVICE_TABLES.tables[name]
+        member = f"{ACCESS_PREFIX}{name.removeprefix('_')}.jsonl"
+        order = list(table.primary_key.columns)
+        with tempfile.TemporaryFile() as spool:
+            with runtime.engine.connect() as conn:
+                rows = conn.execute(sa.select(table).order_by(*order))
+                for row in rows.mappings():
+                    item = {key: _access_value(value) for key, value in row.items()}
+                    line = json.dumps(item, ensure_ascii=False) + "\n"
+                    spool.write(line.encode("utf-8"))
+            manifest.files[member] = _copy_member(archive, member, spool)
+
+
+def _access_value(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    return value
 
 
 def read_sequences(runtime: TenantRuntime) -> dict[str, int]:
@@ -395,6 +436,22 @@ class Archive:
                 if line.strip():
                     yield _journal_row(self.path, number, line)
 
+    @property
+    def has_access_tables(self) -> bool:
+        """Return True if the archive contains the access tables."""
+        return any(name.startswith(ACCESS_PREFIX) for name in self.manifest.files)
+
+    def access_rows(self, table: sa.Table) -> Iterator[dict[str, Any]]:
+        """Yield the archived rows of access table ``table``, checked."""
+        name = f"{ACCESS_PREFIX}{table.name.removeprefix('_')}.jsonl"
+        if name not in self.manifest.files:
+            return
+        with self.zip.open(name) as member:
+            lines = io.TextIOWrapper(member, encoding="utf-8", newline="\n")
+            for number, line in enumerate(lines, start=1):
+                if line.strip():
+                    yield _access_row(table, f"{name} line {number}", line)
+
     def iter_rows(self, entity_name: str) -> Iterator[tuple[int, dict[str, Any]]]:
         """Yield (row number, record as JSON) of ``data/<entity>.json``."""
         name = f"{DATA_PREFIX}{entity_name}.json"
@@ -439,6 +496,66 @@ def _journal_row(path: Path, number: int, line: str) -> dict[str, Any]:
             f"{', '.join(journal.ACTIONS)} and changes a JSON object"
         )
     return row
+
+
+def _access_row(table: sa.Table, place: str, line: str) -> dict[str, Any]:
+    """Parse one archived row of an access table: a JSON object with
+    exactly the table's columns."""
+    try:
+        raw = json.loads(line)
+    except ValueError as err:
+        raise ArchiveError(f"{place} is invalid JSON: {err}") from err
+    columns = set(table.columns.keys())
+    if not isinstance(raw, dict) or set(raw) != columns:
+        keys = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
+        raise ArchiveError(
+            f"{place} is invalid: expected an object with the columns "
+            f"{', '.join(sorted(columns))}, got {keys!r}"
+        )
+    if "created_at" in raw:
+        try:
+            raw["created_at"] = _datetime(str(raw["created_at"]))
+        except ValueError as err:
+            raise ArchiveError(f"{place} has an invalid created_at: {err}") from err
+    return raw
+
+
+def _load_access(conn: sa.Connection, archive: Archive) -> dict[str, int]:
+    """Replace the access tables with the archived rows; returns the rows
+    loaded per table. An archive without them changes nothing."""
+    if not archive.has_access_tables:
+        log.info("%s contains no access tables, so teams, reporting lines, "
+                 "permission set assignments and shares are left as they are",
+                 archive.path)
+        return {}
+    for name in reversed(ACCESS_TABLES):
+        conn.execute(_SERVICE_TABLES.tables[name].delete())
+    counts: dict[str, int] = {}
+    for name in ACCESS_TABLES:
+        table = _SERVICE_TABLES.tables[name]
+        batch: list[dict[str, Any]] = []
+        counts[name] = 0
+        for row in archive.access_rows(table):
+            batch.append(row)
+            if len(batch) == PAGE_SIZE:
+                counts[name] += _insert_access(conn, table, batch)
+                batch = []
+        if batch:
+            counts[name] += _insert_access(conn, table, batch)
+    return counts
+
+
+def _insert_access(
+    conn: sa.Connection, table: sa.Table, batch: list[dict[str, Any]]
+) -> int:
+    try:
+        conn.execute(table.insert(), batch)
+    except sa.exc.DBAPIError as err:
+        raise ArchiveError(
+            f"the database rejected a row of {table.name} from the archive "
+            f"({err.orig}): the archive is inconsistent"
+        ) from err
+    return len(batch)
 
 
 def _optional_text(value: Any) -> str | None:
@@ -709,6 +826,7 @@ def import_archive(
                 _check_counts(archive, counts)
                 write_sequences(conn, archive.sequences())
                 _load_journal(conn, archive)
+                _load_access(conn, archive)
         except BaseException:
             log.exception(
                 "import of %s into tenant %s failed, so the tenant is dropped",
@@ -730,13 +848,20 @@ def _create_from(
         root = Path(folder)
         (root / "entities").mkdir()
         for key, document in definition.documents.items():
-            if key != "definition.json" and not _ENTITY_DOCUMENT.match(key):
+            folder_name = document_folder(key)
+            valid = key == "definition.json" or (
+                folder_name is not None
+                and _DOCUMENT_NAME.match(key.removeprefix(folder_name + "/"))
+            )
+            if not valid:
                 raise ArchiveError(
                     f"invalid definition document name {key!r}: expected "
-                    "definition.json or entities/NAME.json"
+                    "definition.json or FOLDER/NAME.json, with FOLDER entities, "
+                    "roles, permission_sets, sharing_rules or permission_tests"
                 )
-            text = json.dumps(document, ensure_ascii=False)
-            (root / key).write_text(text, encoding="utf-8")
+            path = root / key
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(json.dumps(document, ensure_ascii=False), encoding="utf-8")
         return platform.create_tenant(slug, root, name)
 
 
@@ -775,6 +900,7 @@ def restore_archive(
             _check_counts(archive, counts)
             write_sequences(conn, archive.sequences())
             _load_journal(conn, archive)
+            _load_access(conn, archive)
             _erase_again(conn, runtime, erased)
     log.info("restored tenant %s from %s: %s", slug, path, counts)
     return counts
