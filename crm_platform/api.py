@@ -196,9 +196,11 @@ def related_records(entity: str, record_id: str) -> Response:
 @blueprint.get("/records/<entity>/<record_id>/history")
 def record_history(entity: str, record_id: str) -> Response:
     """List the record's change journal entries, newest first."""
-    record_service().get(entity, record_id)
+    service = record_service()
+    service.get(entity, record_id)
     before = audit.parse_int(request.args, "before_seq")
-    entries = audit.record_history(g.runtime, entity, record_id, before)
+    entries = audit.record_history(g.runtime, entity, record_id, before,
+                                   service.access(entity).hidden)
     return jsonify(_journal_page(entries, audit.PAGE_SIZE))
 
 
@@ -305,14 +307,25 @@ def _int_argument(name: str, default: int, low: int, high: int) -> int:
 
 @blueprint.get("/entities")
 def list_entities() -> Response:
-    """Describe the tenant's entities, with labels in the request locale."""
-    entities = g.runtime.definition.entities
-    return jsonify({"data": [entity_to_json(entity, g.locale) for entity in entities]})
+    """Describe the entities the caller may read, with labels in the request
+    locale and the caller's rights."""
+    service = record_service()
+    data = [
+        entity_to_json(entity, g.locale, service.access(entity.name))
+        for entity in g.runtime.definition.entities
+        if service.access(entity.name).allows("read")
+    ]
+    return jsonify({"data": data})
 
 
 @blueprint.get("/entities/<entity>")
 def get_entity(entity: str) -> Response:
-    return jsonify({"data": entity_to_json(g.runtime.entity(entity), g.locale)})
+    """Describe one entity; an entity the caller may not read is not found."""
+    access = record_service().access(entity)
+    if not access.allows("read"):
+        # The same error as an unknown entity, so that it reveals nothing.
+        raise NotFound(f"entity {entity!r} not found in tenant {g.runtime.slug!r}")
+    return jsonify({"data": entity_to_json(access.entity, g.locale, access)})
 
 
 @blueprint.get("/openapi.json")

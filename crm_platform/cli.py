@@ -24,6 +24,7 @@ from .billing import check_seat_available, has_feature, require_feature
 from .config import Settings, load_settings
 from .control import ROLES, Actor, Tenant
 from .errors import PlatformError
+from .permission_tests import check_permission_tests
 from .tenancy import Platform
 
 log = logging.getLogger(__name__)
@@ -86,11 +87,15 @@ def validate(path: Path) -> None:
     """Check the definition in PATH against the schema and its own references."""
     try:
         definition = load_definition(path)
+        check_permission_tests(definition)
     except DefinitionError as err:
         click.echo(str(err), err=True)
         sys.exit(1)
     entities = ", ".join(entity.name for entity in definition.entities)
     click.echo(f"{path}: valid, {len(definition.entities)} entities ({entities})")
+    cases = sum(len(test.cases) for test in definition.permission_tests)
+    if cases:
+        click.echo(f"{cases} permission test cases passed")
     click.echo(f"content hash {definition.content_hash}")
 
 
@@ -430,7 +435,12 @@ def user() -> None:
 @user.command("create")
 @click.argument("slug")
 @click.argument("email")
-@click.option("--role", required=True, type=click.Choice(ROLES))
+@click.option(
+    "--role",
+    required=True,
+    help="Membership role: admin or a role of the tenant's definition "
+    f"(the standard template has {', '.join(ROLES)}).",
+)
 @click.option("--name", help="Display name [default: the part before @].")
 @click.option(
     "--password-stdin",
@@ -474,6 +484,12 @@ def user_create(
 
     def action() -> str:
         tenant_row = platform.control.get_tenant(slug)
+        roles = platform.runtime_for(tenant_row).definition.role_names
+        if role not in roles:
+            raise PlatformError(
+                f"unknown role {role!r} for tenant {slug!r}: use one of "
+                f"{', '.join(roles)}"
+            )
         if existing is None:
             # Check the seats first, so a full tenant leaves no user behind.
             with platform.control.engine.connect() as conn:
@@ -481,7 +497,7 @@ def user_create(
         user_id = existing or platform.control.create_user(
             email, password, name, locale
         )
-        platform.control.add_member(tenant_row, user_id, role)
+        platform.control.add_member(tenant_row, user_id, role, roles)
         return user_id
 
     run_safely(action)
@@ -582,7 +598,10 @@ def user_remove(slug: str, email: str, data_dir: Path | None) -> None:
     def action() -> None:
         user_id = member_id(platform, slug, email)
         tenant_row = platform.control.get_tenant(slug)
+        actor = system_actor(platform, slug, None)
         platform.control.remove_member(tenant_row, user_id)
+        runtime = platform.runtime(slug)
+        SharingService(platform, runtime, actor).forget_member(user_id)
 
     run_safely(action)
     click.echo(f"{email} is no longer a member of {slug}")
@@ -1302,6 +1321,206 @@ def user_operator(email: str, grant: bool | None, data_dir: Path | None) -> None
     _, platform = open_platform(data_dir)
     run_safely(lambda: set_operator(platform.control, email, grant=bool(grant)))
     click.echo(f"{email} is {'now' if grant else 'no longer'} an operator")
+
+
+# Teams, reporting lines, permission set assignments and manual shares. The
+# commands act as the tenant's first admin, or as the member named by --as.
+
+from .sharing import SharingService  # noqa: E402
+
+as_option = click.option(
+    "--as", "as_email", metavar="EMAIL",
+    help="Act as this member of the tenant [default: its first admin].",
+)
+
+
+def sharing_for(
+    data_dir: Path | None, slug: str, as_email: str | None = None
+) -> SharingService:
+    """Return the sharing service of tenant ``slug`` acting as ``as_email``,
+    else the tenant's first admin."""
+    _, platform = open_platform(data_dir)
+    runtime = run_safely(lambda: platform.runtime(slug))
+    actor = run_safely(lambda: system_actor(platform, slug, as_email))
+    return SharingService(platform, runtime, actor)
+
+
+@main.group()
+def team() -> None:
+    """Create teams and change their members."""
+
+
+@team.command("create")
+@click.argument("slug")
+@click.argument("name")
+@click.option("--label", help="Display name of the team [default: NAME].")
+@data_dir_option
+def team_create(slug: str, name: str, label: str | None, data_dir: Path | None) -> None:
+    """Create team NAME (lower-case letters, digits and _) in tenant SLUG."""
+    service = sharing_for(data_dir, slug)
+    created = run_safely(lambda: service.create_team(name, label))
+    click.echo(f"created team {created.name} ({created.label}) in tenant {slug}")
+
+
+@team.command("add")
+@click.argument("slug")
+@click.argument("name")
+@click.argument("email")
+@data_dir_option
+def team_add(slug: str, name: str, email: str, data_dir: Path | None) -> None:
+    """Add member EMAIL of tenant SLUG to team NAME."""
+    service = sharing_for(data_dir, slug)
+    user_id = member_id(service.platform, slug, email)
+    run_safely(lambda: service.add_team_member(name, user_id))
+    click.echo(f"{email} is in team {name}")
+
+
+@team.command("remove")
+@click.argument("slug")
+@click.argument("name")
+@click.argument("email")
+@data_dir_option
+def team_remove(slug: str, name: str, email: str, data_dir: Path | None) -> None:
+    """Remove member EMAIL of tenant SLUG from team NAME."""
+    service = sharing_for(data_dir, slug)
+    user_id = service.platform.control.find_user_id(email) or email
+    run_safely(lambda: service.remove_team_member(name, user_id))
+    click.echo(f"{email} is no longer in team {name}")
+
+
+@team.command("delete")
+@click.argument("slug")
+@click.argument("name")
+@data_dir_option
+def team_delete(slug: str, name: str, data_dir: Path | None) -> None:
+    """Delete team NAME of tenant SLUG with its memberships and its shares."""
+    service = sharing_for(data_dir, slug)
+    run_safely(lambda: service.delete_team(name))
+    click.echo(f"deleted team {name} of tenant {slug}")
+
+
+@team.command("list")
+@click.argument("slug")
+@data_dir_option
+def team_list(slug: str, data_dir: Path | None) -> None:
+    """Print the teams of tenant SLUG with their members' e-mail addresses."""
+    service = sharing_for(data_dir, slug)
+    for item in run_safely(service.list_teams):
+        emails = []
+        for user_id in item.members:
+            actor = service.platform.control.actor(service.runtime.tenant, user_id)
+            emails.append(actor.email if actor else f"{user_id} (not a member)")
+        click.echo(f"{item.name}\t{item.label}\t{', '.join(emails) or '-'}")
+
+
+@main.group()
+def member() -> None:
+    """Change tenant members' reporting lines."""
+
+
+@member.command("manager")
+@click.argument("slug")
+@click.argument("email")
+@click.argument("manager_email", required=False)
+@click.option("--none", "no_manager", is_flag=True,
+              help="Remove EMAIL's manager instead of setting one.")
+@data_dir_option
+def member_manager(
+    slug: str, email: str, manager_email: str | None, no_manager: bool,
+    data_dir: Path | None,
+) -> None:
+    """Make member EMAIL of tenant SLUG report to MANAGER_EMAIL, or to no
+    one with --none."""
+    if no_manager == (manager_email is not None):
+        fail("pass either MANAGER_EMAIL or --none")
+    service = sharing_for(data_dir, slug)
+    user_id = member_id(service.platform, slug, email)
+    if manager_email is None:
+        run_safely(lambda: service.clear_manager(user_id))
+        click.echo(f"{email} reports to no one")
+        return
+    manager_id = member_id(service.platform, slug, manager_email)
+    run_safely(lambda: service.set_manager(user_id, manager_id))
+    click.echo(f"{email} reports to {manager_email}")
+
+
+@main.group("permission-set")
+def permission_set() -> None:
+    """Assign the permission sets that a tenant's definition declares."""
+
+
+@permission_set.command("assign")
+@click.argument("slug")
+@click.argument("email")
+@click.argument("name")
+@data_dir_option
+def permission_set_assign(
+    slug: str, email: str, name: str, data_dir: Path | None
+) -> None:
+    """Give member EMAIL of tenant SLUG the permission set NAME."""
+    service = sharing_for(data_dir, slug)
+    user_id = member_id(service.platform, slug, email)
+    assigned = run_safely(lambda: service.assign_permission_set(user_id, name))
+    click.echo(f"{email} has the permission sets: {', '.join(assigned)}")
+
+
+@permission_set.command("unassign")
+@click.argument("slug")
+@click.argument("email")
+@click.argument("name")
+@data_dir_option
+def permission_set_unassign(
+    slug: str, email: str, name: str, data_dir: Path | None
+) -> None:
+    """Take the permission set NAME from member EMAIL of tenant SLUG."""
+    service = sharing_for(data_dir, slug)
+    user_id = service.platform.control.find_user_id(email) or email
+    assigned = run_safely(lambda: service.unassign_permission_set(user_id, name))
+    click.echo(f"{email} has the permission sets: {', '.join(assigned) or 'none'}")
+
+
+@main.command("share")
+@click.argument("slug")
+@click.argument("entity")
+@click.argument("record_id")
+@click.option("--user", "user_email", metavar="EMAIL",
+              help="Share with this member of the tenant.")
+@click.option("--team", "team_name", metavar="NAME", help="Share with this team.")
+@click.option("--access", type=click.Choice(["read", "edit"]), default="read",
+              show_default=True, help="What the share allows.")
+@click.option("--remove", "remove_id", metavar="SHARE_ID",
+              help="Remove this share of the record instead of adding one.")
+@click.option("--list", "list_only", is_flag=True,
+              help="Print the record's shares instead of adding one.")
+@as_option
+@data_dir_option
+def share_command(
+    slug: str, entity: str, record_id: str, user_email: str | None,
+    team_name: str | None, access: str, remove_id: str | None, list_only: bool,
+    as_email: str | None, data_dir: Path | None,
+) -> None:
+    """Share record RECORD_ID of ENTITY in tenant SLUG with a member (--user)
+    or a team (--team); --list prints its shares and --remove takes one away."""
+    service = sharing_for(data_dir, slug, as_email)
+    if list_only or remove_id:
+        if remove_id:
+            run_safely(lambda: service.unshare(entity, record_id, remove_id))
+            click.echo(f"removed share {remove_id}")
+        for item in run_safely(lambda: service.shares(entity, record_id)):
+            target = f"team {item.team}" if item.team else f"user {item.user_id}"
+            click.echo(f"{item.id}\t{target}\t{item.access}")
+        return
+    if (user_email is None) == (team_name is None):
+        fail("pass exactly one of --user EMAIL and --team NAME")
+    user_id = None
+    if user_email is not None:
+        user_id = member_id(service.platform, slug, user_email)
+    created, _ = run_safely(lambda: service.share(
+        entity, record_id, access, user_id=user_id, team=team_name
+    ))
+    target = user_email if user_email is not None else f"team {team_name}"
+    click.echo(f"shared {entity} {record_id} with {target} at {access} "
+               f"(share {created.id})")
 
 
 # Registers ``metacrm audit`` and ``metacrm personal-data`` on ``main``.

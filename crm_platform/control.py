@@ -14,7 +14,7 @@ import logging
 import math
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -39,6 +39,8 @@ TENANT_STATUSES = ("active", "read_only", "suspended")
 #: data kept until ``purge_after``) and purged (storage dropped, the row kept
 #: as a tombstone so that the slug is never reused).
 END_STATUSES = ("closed", "purged")
+#: The standard template's roles: the membership roles accepted by callers
+#: that pass no tenant definition's ``role_names`` (demo data, benchmarks).
 ROLES = ("admin", "sales_manager", "sales_rep", "service_agent", "read_only")
 SLUG_PATTERN = re.compile(r"^[a-z][a-z0-9-]{1,39}$")
 #: A valid e-mail address as HTML's <input type=email> defines it (WHATWG),
@@ -729,9 +731,14 @@ class ControlPlane:
                 sa.select(users.c.id).where(users.c.email == email.strip().lower())
             ).scalar()
 
-    def add_member(self, tenant: Tenant, user_id: str, role: str) -> None:
+    def add_member(
+        self, tenant: Tenant, user_id: str, role: str,
+        roles: Sequence[str] = ROLES,
+    ) -> None:
         """Make the user a member of ``tenant`` with ``role``, or change the
-        role of an existing member.
+        role of an existing member. ``role`` must be one of ``roles``: pass
+        the tenant definition's ``role_names``, because the default is the
+        standard template's roles.
 
         A new member of a subscribed tenant whose seats are all in use raises
         ``billing.SeatLimitReached``. The seats are counted and the member
@@ -741,8 +748,8 @@ class ControlPlane:
         # Imported here because billing imports this module's tables.
         from .billing import check_seat_available, membership_transaction
 
-        if role not in ROLES:
-            raise PlatformError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
+        if role not in roles:
+            raise PlatformError(f"unknown role {role!r}: use one of {', '.join(roles)}")
         if tenant.status == "purged":
             raise TenantError(
                 f"tenant {tenant.slug!r} is purged, so it takes no members; "

@@ -149,11 +149,14 @@ def import_csv(
     """Import the rows of a CSV file into ``entity_name``.
 
     Raises ``LimitReached`` if the tenant's plan does not include the feature
-    ``import``, unless ``check_plan`` is False (an operator's override).
+    ``import``, unless ``check_plan`` is False (an operator's override), and
+    ``Forbidden`` if the user holds no import right on the entity.
     """
     if check_plan:
         require_feature(service.runtime.tenant, "import")
-    entity = service.runtime.entity(entity_name)
+    # Checked before the file is read, so that a file without rows is
+    # rejected too.
+    entity = service.require(entity_name, "import").entity
     text = read_text(path, encoding)
     reader = csv.reader(io.StringIO(text, newline=""))
     try:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,7 @@ from flask.typing import ResponseReturnValue
 from flask_babel import gettext, lazy_gettext
 from flask_wtf import FlaskForm
 
+from metadata_engine.model import Definition
 from renderers import forms
 
 from . import api, web
@@ -60,6 +61,7 @@ from .errors import (
     PlatformError,
     RecordInvalid,
 )
+from .sharing import SharingService
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,8 @@ MAX_EMAIL_LENGTH = 254
 #: The fields a POST /members body may contain.
 NEW_MEMBER_FIELDS = frozenset({"email", "role", "name", "password"})
 
+#: Labels of the standard roles, for roles that the tenant's definition does
+#: not declare (``admin`` always exists, declared or not).
 ROLE_LABELS = {
     "admin": lazy_gettext("Admin"),
     "sales_manager": lazy_gettext("Sales manager"),
@@ -77,6 +81,24 @@ ROLE_LABELS = {
     "service_agent": lazy_gettext("Service agent"),
     "read_only": lazy_gettext("Read-only"),
 }
+
+
+def role_labels(
+    definition: Definition, locale: str, extra: Sequence[str] = ()
+) -> dict[str, str]:
+    """Return the label of each role of ``definition`` and of each name in
+    ``extra`` (roles members still hold after the definition dropped them).
+
+    A declared role takes its label from the definition, in ``locale``.
+    """
+    labels: dict[str, str] = {}
+    for name in (*definition.role_names, *extra):
+        role = definition.role(name)
+        if role is not None:
+            labels[name] = role.label.get(locale)
+        else:
+            labels[name] = str(ROLE_LABELS.get(name, name))
+    return labels
 
 
 class AlreadyMember(Conflict):
@@ -173,12 +195,11 @@ def seat_usage(control: ControlPlane, tenant: Tenant) -> Seats:
     return Seats(used=used, paid=paid)
 
 
-def check_role(role: str) -> None:
-    if role not in ROLES:
-        raise RecordInvalid(
-            f"unknown role {role!r}: use one of {', '.join(ROLES)}",
-            details={"role": [f"unknown role {role!r}: use one of {', '.join(ROLES)}"]},
-        )
+def check_role(role: str, roles: Sequence[str]) -> None:
+    """Raise ``RecordInvalid`` unless ``role`` is one of ``roles``."""
+    if role not in roles:
+        message = f"unknown role {role!r}: use one of {', '.join(roles)}"
+        raise RecordInvalid(message, details={"role": [message]})
 
 
 def add_member(
@@ -188,15 +209,18 @@ def add_member(
     role: str,
     name: str | None = None,
     password: str | None = None,
+    roles: Sequence[str] = ROLES,
 ) -> Member:
-    """Add the user with ``email`` to ``tenant`` with ``role``.
+    """Add the user with ``email`` to ``tenant`` with ``role``, one of
+    ``roles``: pass the tenant definition's ``role_names``, because the
+    default is the standard template's roles.
 
     An unknown address creates a new user, which needs ``name`` and an initial
     ``password`` that the password policy accepts. For an existing user both
     are ignored: the user keeps their name and password. If adding the member
     fails (no free seat), the user created for it is deleted again.
     """
-    check_role(role)
+    check_role(role, roles)
     email = email.strip().lower()
     # NOTE: an address with a user on any tenant is added as it is, and one
     # without needs a name and password, so a tenant admin can tell which
@@ -212,7 +236,7 @@ def add_member(
             details={"user_id": user_id},
         )
     try:
-        control.add_member(tenant, user_id, role)
+        control.add_member(tenant, user_id, role, roles)
     except PlatformError:
         if created:
             _delete_user(control, user_id)
@@ -245,11 +269,16 @@ def _delete_user(control: ControlPlane, user_id: str) -> None:
 
 
 def change_role(
-    control: ControlPlane, tenant: Tenant, user_id: str, role: str
+    control: ControlPlane,
+    tenant: Tenant,
+    user_id: str,
+    role: str,
+    roles: Sequence[str] = ROLES,
 ) -> Member:
-    """Give the member ``user_id`` of ``tenant`` the role ``role``. Demoting
-    the last admin raises ``LastAdmin``."""
-    check_role(role)
+    """Give the member ``user_id`` of ``tenant`` the role ``role``, one of
+    ``roles`` (see ``add_member``). Demoting the last admin raises
+    ``LastAdmin``."""
+    check_role(role, roles)
     with membership_transaction(control.engine) as conn:
         _check_keeps_admin(conn, tenant, user_id, role)
         conn.execute(
@@ -358,7 +387,7 @@ def form_problem(form: Mapping[str, str]) -> str | None:
     email = form.get("email", "").strip()
     if not email or len(email) > MAX_EMAIL_LENGTH or not EMAIL_PATTERN.match(email):
         return gettext("Enter a valid e-mail address.")
-    if form.get("role", "") not in ROLES:
+    if form.get("role", "") not in g.runtime.definition.role_names:
         return gettext("Choose a role.")
     if len(form.get("name", "")) > MAX_NAME_LENGTH:
         return gettext("The name is longer than %(num)d characters.",
@@ -378,16 +407,28 @@ def render_members(error: str | None = None, status: int = 200
     tenant: Tenant = g.runtime.tenant
     control = get_platform().control
     values = request.form if request.method == "POST" else {}
+    definition: Definition = g.runtime.definition
+    member_list = list_members(control, tenant)
+    current_roles = [member.role for member in member_list]
     return render_template(
         "crm/members.html",
         form=MembersForm(),
-        members=list_members(control, tenant),
+        members=member_list,
         seats=seat_usage(control, tenant),
-        roles=ROLES,
-        role_labels=ROLE_LABELS,
+        roles=definition.role_names,
+        default_role=default_role(definition),
+        role_labels=role_labels(definition, g.locale, current_roles),
         error=error,
         values=values,
     ), status
+
+
+def default_role(definition: Definition) -> str:
+    """Return the role the add-member form preselects: the first role the
+    definition declares besides ``admin``, so that no one becomes an admin
+    by accident."""
+    others = [name for name in definition.role_names if name != "admin"]
+    return others[0] if others else "admin"
 
 
 def members_url() -> str:
@@ -415,6 +456,7 @@ def members_page(tenant: str) -> ResponseReturnValue:
             request.form["role"],
             request.form.get("name", "").strip() or None,
             request.form.get("password") or None,
+            g.runtime.definition.role_names,
         )
     except (
         Conflict, SeatLimitReached, LimitReached, RecordInvalid, PasswordRejected
@@ -437,15 +479,19 @@ def member_role(tenant: str, user_id: str) -> ResponseReturnValue:
     if not forms.csrf_valid(MembersForm()):
         return render_members(web.expired_form_message(), 400)
     role = request.form.get("role", "")
-    if role not in ROLES:
+    roles = g.runtime.definition.role_names
+    if role not in roles:
         return render_members(gettext("Choose a role."), 422)
     try:
-        member = change_role(get_platform().control, g.runtime.tenant, user_id, role)
+        member = change_role(
+            get_platform().control, g.runtime.tenant, user_id, role, roles
+        )
     except LastAdmin as err:
         log.info("rejected role change in tenant %s: %s", tenant, err.message)
         return render_members(error_message(err), err.status)
-    flash(gettext("%(name)s is now %(role)s.", name=member.name,
-                  role=ROLE_LABELS[role]), "success")
+    label = role_labels(g.runtime.definition, g.locale)[role]
+    flash(gettext("%(name)s is now %(role)s.", name=member.name, role=label),
+          "success")
     return redirect(members_url())
 
 
@@ -463,6 +509,7 @@ def member_remove(tenant: str, user_id: str) -> ResponseReturnValue:
     except LastAdmin as err:
         log.info("rejected removal in tenant %s: %s", tenant, err.message)
         return render_members(error_message(err), err.status)
+    forget_access(user_id)
     flash(gettext("%(name)s is no longer a member.", name=member.name), "success")
     return redirect(members_url())
 
@@ -534,7 +581,8 @@ def api_add_member() -> tuple[Response, int]:
     """Add an existing user, or a new one with name and password (admins only)."""
     require_admin(g.actor)
     values = _new_member_values(api.read_json_object())
-    member = add_member(get_platform().control, g.runtime.tenant, **values)
+    member = add_member(get_platform().control, g.runtime.tenant, **values,
+                        roles=g.runtime.definition.role_names)
     response = jsonify({"data": member_to_json(member)})
     response.headers["Location"] = url_for(
         ".api_get_member", user_id=member.user_id, _external=True
@@ -561,7 +609,8 @@ def api_change_role(user_id: str) -> Response:
             details={name: ["unknown field"] for name in unknown},
         )
     role = _string_field(body, "role", 40) or ""
-    member = change_role(get_platform().control, g.runtime.tenant, user_id, role)
+    member = change_role(get_platform().control, g.runtime.tenant, user_id, role,
+                         g.runtime.definition.role_names)
     return jsonify({"data": member_to_json(member)})
 
 
@@ -570,14 +619,23 @@ def api_remove_member(user_id: str) -> tuple[str, int]:
     """Remove a member and revoke their tokens of this tenant (admins only)."""
     require_admin(g.actor)
     remove_member(get_platform().control, g.runtime.tenant, user_id)
+    forget_access(user_id)
     return "", 204
+
+
+def forget_access(user_id: str) -> None:
+    """Drop a removed member's teams, manager, permission sets and shares, so
+    that they get none of them back if they join again."""
+    SharingService(get_platform(), g.runtime, g.actor).forget_member(user_id)
 
 
 # The OpenAPI document
 
 
-def openapi_components() -> dict[str, dict[str, Any]]:
-    """Return the component schemas of the members endpoints."""
+def openapi_components(roles: Sequence[str] = ROLES) -> dict[str, dict[str, Any]]:
+    """Return the component schemas of the members endpoints. A role sent in
+    a request must be one of ``roles`` (the tenant definition's
+    ``role_names``)."""
     member = {
         "type": "object",
         "required": ["user_id", "email", "name", "role", "added_at"],
@@ -585,7 +643,11 @@ def openapi_components() -> dict[str, dict[str, Any]]:
             "user_id": {"type": "string"},
             "email": {"type": "string"},
             "name": {"type": "string"},
-            "role": {"type": "string", "enum": list(ROLES)},
+            "role": {
+                "type": "string",
+                "description": "One of the definition's roles, or a role that "
+                "the definition no longer declares, which grants nothing.",
+            },
             "added_at": {
                 "type": ["string", "null"],
                 "format": "date-time",
@@ -599,7 +661,7 @@ def openapi_components() -> dict[str, dict[str, Any]]:
         "required": ["email", "role"],
         "properties": {
             "email": {"type": "string", "maxLength": MAX_EMAIL_LENGTH},
-            "role": {"type": "string", "enum": list(ROLES)},
+            "role": {"type": "string", "enum": list(roles)},
             "name": {
                 "type": ["string", "null"], "maxLength": MAX_NAME_LENGTH,
                 "description": "Required when no user has the e-mail address.",
@@ -615,7 +677,7 @@ def openapi_components() -> dict[str, dict[str, Any]]:
         "type": "object",
         "additionalProperties": False,
         "required": ["role"],
-        "properties": {"role": {"type": "string", "enum": list(ROLES)}},
+        "properties": {"role": {"type": "string", "enum": list(roles)}},
     }
     return {"Member": member, "NewMember": new_member, "RoleChange": role_change}
 

@@ -149,7 +149,9 @@ def build_document(runtime: TenantRuntime, locale: str) -> dict[str, Any]:
         spec.components.schema(name, record_schema(entity, locale))
         _add_entity_paths(spec, definition, entity, name, locale)
     _add_metadata_paths(spec)
-    _add_member_paths(spec)
+    _add_member_paths(spec, definition.role_names)
+    _add_sharing_paths(spec)
+    _add_permission_paths(spec)
     _add_journal_paths(spec)
 
     document = spec.to_dict()
@@ -737,6 +739,21 @@ def _add_metadata_paths(spec: APISpec) -> None:
             "system_columns": {"type": "array", "items": {"type": "object"}},
             "fields": {"type": "array", "items": {"type": "object"}},
             "list_views": {"type": "array", "items": {"type": "object"}},
+            "access": {
+                "type": "object",
+                "description": "The caller's rights: `rights` maps read, edit "
+                "and delete to their scopes (own, team, subordinates, all; empty "
+                "when not granted) and create, export, import and change_owner "
+                "to booleans; `fields` maps each field the caller can see to "
+                "read_only or editable. Fields hidden from the caller are left "
+                "out of `fields`, of `access` and of the list views' columns.",
+                "required": ["rights", "fields"],
+                "properties": {
+                    "rights": {"type": "object"},
+                    "fields": {"type": "object",
+                               "additionalProperties": {"type": "string"}},
+                },
+            },
         },
     }
     spec.components.schema("EntityDescription", description)
@@ -744,7 +761,8 @@ def _add_metadata_paths(spec: APISpec) -> None:
     spec.tag({"name": "Metadata", "description": "Entities, fields and this document."})
     spec.path(path="/entities", operations={"get": {
         "operationId": "list_entities",
-        "summary": "Describe every entity: labels, fields, types and operators",
+        "summary": "Describe every entity the caller may read: labels, fields, "
+        "types, operators and the caller's rights",
         "tags": ["Metadata"],
         "parameters": ["Lang"],
         "responses": {
@@ -755,7 +773,7 @@ def _add_metadata_paths(spec: APISpec) -> None:
     }})
     spec.path(path="/entities/{name}", operations={"get": {
         "operationId": "get_entity",
-        "summary": "Describe one entity",
+        "summary": "Describe one entity; 404 if the caller may not read it",
         "tags": ["Metadata"],
         "parameters": [
             {"in": "path", "name": "name", "required": True,
@@ -780,13 +798,48 @@ def _add_metadata_paths(spec: APISpec) -> None:
     }})
 
 
-def _add_member_paths(spec: APISpec) -> None:
+def _add_member_paths(spec: APISpec, roles: tuple[str, ...]) -> None:
     # Imported here because members imports the API module, which imports this.
     from .members import openapi_components, openapi_paths
 
-    for name, schema in openapi_components().items():
+    for name, schema in openapi_components(roles).items():
         spec.components.schema(name, schema)
     spec.tag({"name": "Members", "description": "Members of the tenant and seats."})
+    paths = openapi_paths(_error_refs(READ_ERRORS), _error_refs(WRITE_ERRORS))
+    for path, item in paths.items():
+        operations = {key: value for key, value in item.items()
+                      if key != "parameters"}
+        spec.path(path=path, operations=operations,
+                  parameters=item.get("parameters"))
+
+
+def _add_sharing_paths(spec: APISpec) -> None:
+    # Imported here because web_sharing imports the API module, which imports
+    # this one.
+    from .web_sharing import openapi_components, openapi_paths
+
+    for name, schema in openapi_components().items():
+        spec.components.schema(name, schema)
+    spec.tag({"name": "Teams", "description": "Teams, reporting lines and "
+              "permission set assignments."})
+    spec.tag({"name": "Sharing", "description": "Records shared by hand."})
+    paths = openapi_paths(_error_refs(READ_ERRORS), _error_refs(WRITE_ERRORS))
+    for path, item in paths.items():
+        operations = {key: value for key, value in item.items()
+                      if key != "parameters"}
+        spec.path(path=path, operations=operations,
+                  parameters=item.get("parameters"))
+
+
+def _add_permission_paths(spec: APISpec) -> None:
+    # Imported here because web_permissions imports the API module, which
+    # imports this one.
+    from .web_permissions import openapi_components, openapi_paths
+
+    for name, schema in openapi_components().items():
+        spec.components.schema(name, schema)
+    spec.tag({"name": "Permissions", "description": "Why a member may act on a "
+              "record, and the roles and permission sets that grant it."})
     paths = openapi_paths(_error_refs(READ_ERRORS), _error_refs(WRITE_ERRORS))
     for path, item in paths.items():
         operations = {key: value for key, value in item.items()

@@ -11,14 +11,25 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from metadata_engine import fieldtypes
-from metadata_engine.model import SYSTEM_COLUMNS, Entity, Field, ListView, Text
+from metadata_engine.model import (
+    RIGHTS,
+    SCOPED_RIGHTS,
+    SYSTEM_COLUMNS,
+    Entity,
+    Field,
+    ListView,
+    Text,
+)
 from metadata_engine.validation import WRITABLE_SYSTEM_COLUMNS
 
 from .querying import SYSTEM_TYPES
+
+if TYPE_CHECKING:
+    from .access import Access
 
 DECIMAL_TYPES = frozenset({"decimal", "currency", "percent"})
 #: Text that replaces the hidden part of a masked value.
@@ -140,28 +151,67 @@ def default_to_json(field: Field) -> Any:
 # Entity metadata, as the API's ``entities`` endpoint returns it.
 
 
-def entity_to_json(entity: Entity, locale: str) -> dict[str, Any]:
-    """Describe an entity for API clients, with labels in ``locale``."""
-    return {
+def entity_to_json(
+    entity: Entity, locale: str, access: Access | None = None
+) -> dict[str, Any]:
+    """Describe an entity for API clients, with labels in ``locale``.
+
+    With ``access`` (the calling user's rights on the entity) the fields
+    hidden from the user are left out, and an ``access`` member states the
+    user's rights and the level of each remaining field.
+    """
+    hidden = access.hidden if access is not None else frozenset()
+    fields = [field for field in entity.fields if field.name not in hidden]
+    description: dict[str, Any] = {
         "name": entity.name,
         "label": entity.label.get(locale),
         "plural_label": entity.plural_label.get(locale),
         "description": _optional_text(entity.description, locale),
         "icon": entity.icon,
         "title_field": entity.title_field,
-        "system_columns": [system_column_to_json(name) for name in SYSTEM_COLUMNS],
-        "fields": [field_to_json(field, locale) for field in entity.fields],
-        "list_views": [list_view_to_json(view, locale) for view in entity.list_views],
+        "system_columns": [
+            system_column_to_json(name, access) for name in SYSTEM_COLUMNS
+        ],
+        "fields": [field_to_json(field, locale) for field in fields],
+        "list_views": [
+            list_view_to_json(view, locale, hidden) for view in entity.list_views
+        ],
+    }
+    if access is not None:
+        description["access"] = access_to_json(access, fields)
+    return description
+
+
+def access_to_json(access: Access, fields: Sequence[Field]) -> dict[str, Any]:
+    """Describe one user's rights on an entity: the scopes of each scoped
+    right (an empty list when not granted), a bool for each other right, and
+    the level of each field the user can see."""
+    rights: dict[str, Any] = {}
+    for right in RIGHTS:
+        if right in SCOPED_RIGHTS:
+            rights[right] = list(access.scopes(right))
+        else:
+            rights[right] = access.allows(right)
+    return {
+        "rights": rights,
+        "fields": {field.name: access.level(field.name) for field in fields},
     }
 
 
-def system_column_to_json(name: str) -> dict[str, Any]:
-    """Describe a system column. Columns that contain ids have the type ``id``."""
+def system_column_to_json(name: str, access: Access | None = None) -> dict[str, Any]:
+    """Describe a system column. Columns that contain ids have the type ``id``.
+
+    With ``access``, ``owner_id`` is read-only unless the user has the
+    change_owner right.
+    """
     filter_type = SYSTEM_TYPES[name]
+    read_only = name not in WRITABLE_SYSTEM_COLUMNS
+    if name == "owner_id" and access is not None:
+        read_only = not access.allows("change_owner")
     return {
         "name": name,
         "type": "id" if filter_type == "lookup" else filter_type,
-        "read_only": name not in WRITABLE_SYSTEM_COLUMNS,
+        "read_only": read_only,
         "sortable": True,
         "operators": list(fieldtypes.get(filter_type).operators),
     }
@@ -211,12 +261,16 @@ def field_to_json(field: Field, locale: str) -> dict[str, Any]:
     return description
 
 
-def list_view_to_json(view: ListView, locale: str) -> dict[str, Any]:
+def list_view_to_json(
+    view: ListView, locale: str, hidden: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """Describe a list view, without the columns and sort keys on ``hidden``
+    fields."""
     return {
         "name": view.name,
         "label": view.label.get(locale),
-        "columns": list(view.columns),
-        "sort": list(view.sort),
+        "columns": [name for name in view.columns if name not in hidden],
+        "sort": [key for key in view.sort if key.removeprefix("-") not in hidden],
         "filters": [
             {"field": item.field, "op": item.op,
              "value": metadata_value_to_json(item.value)}

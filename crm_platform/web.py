@@ -54,6 +54,7 @@ from .control import (
 from .errors import (
     BadQuery,
     Conflict,
+    Forbidden,
     LimitReached,
     NotFound,
     PlatformError,
@@ -138,8 +139,23 @@ def inject_globals() -> dict[str, Any]:
         "lang_url": lang_url,
         "runtime": g.get("runtime"),
         "actor": g.get("actor"),
+        "readable_entities": readable_entities,
     }
     return values
+
+
+def readable_entities() -> list[Entity]:
+    """Return the entities the signed-in member may read, for the navigation
+    and the home page; computed once per request."""
+    cached: list[Entity] | None = g.get("readable_entities")
+    if cached is None:
+        service = record_service(g.locale)
+        cached = [
+            entity for entity in g.runtime.definition.entities
+            if service.access(entity.name).allows("read")
+        ]
+        g.readable_entities = cached
+    return cached
 
 
 def lang_url(locale: str) -> str:
@@ -396,7 +412,7 @@ def expired_form_message() -> str:
 def home(tenant: str) -> ResponseReturnValue:
     service = record_service(g.locale)
     counts: dict[str, int] = {}
-    for entity in g.runtime.definition.entities:
+    for entity in readable_entities():
         page = service.list(entity.name, ListQuery(limit=1, count=True))
         counts[entity.name] = page.total or 0
     return render_template("crm/home.html", counts=counts)
@@ -406,10 +422,12 @@ def home(tenant: str) -> ResponseReturnValue:
 def record_list(tenant: str, entity: str) -> ResponseReturnValue:
     metadata = g.runtime.entity(entity)
     service = record_service(g.locale)
+    access = service.require(metadata.name, "read")
+    rights = {"create": access.allows("create")}
     lookups = lookup_filter_choices(service, request.args)
     try:
         state = listing.build_list_state(
-            metadata, request.args, request.path, g.locale, lookups
+            metadata, request.args, request.path, g.locale, lookups, access.hidden
         )
         page = service.list(metadata.name, state.query)
     except BadQuery as err:
@@ -417,13 +435,15 @@ def record_list(tenant: str, entity: str) -> ResponseReturnValue:
                  err.message)
         reset_url = url_for("web.record_list", tenant=tenant, entity=metadata.name)
         return render_template("crm/list.html", entity=metadata, state=None,
-                               query_error=err.message, reset_url=reset_url), 400
+                               query_error=err.message, reset_url=reset_url,
+                               rights=rights), 400
     titles = service.lookup_titles(metadata.name, page.records)
-    users = user_names(page.records, state.view.columns)
+    users = user_names(page.records, state.column_names)
     total = page.total or 0
     return render_template(
         "crm/list.html",
-        breakdowns=breakdowns(service, metadata, state.query, state.view.columns),
+        breakdowns=breakdowns(service, metadata, state.query, state.column_names),
+        rights=rights,
         entity=metadata,
         state=state,
         records=page.records,
@@ -485,16 +505,20 @@ def record_detail(tenant: str, entity: str, record_id: str) -> ResponseReturnVal
     related = []
     for item in service.related(metadata.name, record_id, RELATED_LIMIT):
         other = item.entity.name
+        other_access = service.access(other)
         pointing_here = MultiDict([(item.field.name, record_id)])
+        new_url = None
+        if other_access.allows("create"):
+            new_url = listing.url_with(
+                url_for("web.record_new", tenant=tenant, entity=other), pointing_here)
         related.append({
             "entity": item.entity,
             "field": item.field,
             "records": item.page.records,
             "total": item.page.total or 0,
-            "columns": related_columns(item.entity, item.field),
+            "columns": related_columns(item.entity, item.field, other_access.hidden),
             "titles": service.lookup_titles(other, item.page.records),
-            "new_url": listing.url_with(
-                url_for("web.record_new", tenant=tenant, entity=other), pointing_here),
+            "new_url": new_url,
             "all_url": listing.url_with(
                 url_for("web.record_list", tenant=tenant, entity=other), pointing_here),
         })
@@ -503,16 +527,53 @@ def record_detail(tenant: str, entity: str, record_id: str) -> ResponseReturnVal
     changes = audit.describe(get_platform(), g.runtime, recent, g.locale)
     return render_template("crm/detail.html", entity=metadata, record=record,
                            titles=titles, related=related, users=users,
-                           recent_changes=changes)
+                           recent_changes=changes,
+                           rights=record_rights(service, metadata.name, record_id),
+                           hidden_fields=service.access(metadata.name).hidden)
 
 
-def related_columns(entity: Entity, lookup: Field) -> list[Field]:
-    """Return the columns of a related list: the title, then a few more."""
-    names = [entity.title_field]
+#: Rights on one record that decide the buttons of its detail page.
+RECORD_RIGHTS = ("edit", "delete")
+
+
+def record_rights(
+    service: RecordService, entity_name: str, record_id: str
+) -> dict[str, bool]:
+    """Return, for edit and delete, whether the actor may do it to this record:
+    the right at some scope and a record that passes its predicate."""
+    return {
+        right: service.permits(entity_name, right, str(record_id))
+        for right in RECORD_RIGHTS
+    }
+
+
+def require_record_right(
+    service: RecordService, entity_name: str, record_id: str, right: str
+) -> None:
+    """Raise ``Forbidden`` unless the actor may ``right`` the record, which
+    they can already read."""
+    if record_rights(service, entity_name, record_id)[right]:
+        return
+    raise Forbidden(
+        f"role {service.actor.role!r} may read {entity_name} {record_id!r} but "
+        f"not {right} it: no grant or sharing covers this record for {right}; "
+        "ask its owner or an admin",
+        details={"entity": entity_name, "right": right},
+    )
+
+
+def related_columns(
+    entity: Entity, lookup: Field, hidden: frozenset[str] = frozenset()
+) -> list[Field]:
+    """Return the columns of a related list: the title, then a few more, none
+    of them ``hidden`` from the user."""
+    names = [entity.title_field] if entity.title_field not in hidden else []
     for name in entity.default_list_view.columns:
         if len(names) > RELATED_COLUMNS:
             break
         if name in names or name == lookup.name or not entity.has_field(name):
+            continue
+        if name in hidden:
             continue
         if entity.field(name).type == "long_text":
             continue
@@ -525,8 +586,10 @@ def record_new(tenant: str, entity: str) -> ResponseReturnValue:
     runtime: TenantRuntime = g.runtime
     metadata = runtime.entity(entity)
     service = record_service(g.locale)
+    access = service.require(metadata.name, "create")
     form_class = forms.record_form_class(metadata, "create", g.locale,
-                                         runtime.definition.content_hash)
+                                         runtime.definition.content_hash,
+                                         access.hidden | access.read_only)
     if request.method == "GET":
         formdata = forms.initial_formdata(form_class, forms.default_values(metadata))
         prefill(form_class, request.args, formdata)
@@ -571,8 +634,11 @@ def record_edit(tenant: str, entity: str, record_id: str) -> ResponseReturnValue
     metadata = runtime.entity(entity)
     service = record_service(g.locale)
     record = service.get(metadata.name, record_id)
+    require_record_right(service, metadata.name, record_id, "edit")
+    access = service.access(metadata.name)
     form_class = forms.record_form_class(metadata, "edit", g.locale,
-                                         runtime.definition.content_hash)
+                                         runtime.definition.content_hash,
+                                         access.hidden | access.read_only)
     if request.method == "GET":
         formdata = forms.initial_formdata(form_class, record, record["version"])
         return render_form(form_class(formdata=formdata), service, record, 200)
@@ -682,9 +748,11 @@ def render_form(
         current,
         titles,
     )
+    access = service.access(entity.name)
     template = "crm/form.html"
     return render_template(template, entity=entity, form=form, record=record,
-                           titles=titles, stale=stale), status
+                           titles=titles, stale=stale, hidden_fields=access.hidden,
+                           read_only_fields=access.read_only), status
 
 
 @blueprint.route("/t/<tenant>/<entity>/<record_id>/delete", methods=["GET", "POST"])
@@ -692,6 +760,7 @@ def record_delete(tenant: str, entity: str, record_id: str) -> ResponseReturnVal
     metadata = g.runtime.entity(entity)
     service = record_service(g.locale)
     record = service.get(metadata.name, record_id)
+    require_record_right(service, metadata.name, record_id, "delete")
     form = forms.ActionForm()
     if request.method == "GET":
         return render_template("crm/delete.html", entity=metadata, record=record,

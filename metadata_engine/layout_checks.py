@@ -165,10 +165,10 @@ def check_list_view(
                 "sort by a field of another type",
             )
     for index, condition in enumerate(view.get("filters", [])):
-        _check_filter(report, f"{pointer}/filters/{index}", condition, fields)
+        check_filter(report, f"{pointer}/filters/{index}", condition, fields)
 
 
-def _check_filter(
+def check_filter(
     report: Report, pointer: str, condition: Document, fields: EntityFields
 ) -> None:
     name, op, value = condition["field"], condition["op"], condition["value"]

@@ -14,8 +14,8 @@ from typing import Any
 from metadata_engine import values
 from metadata_engine.field_checks import Report
 from metadata_engine.layout_checks import EntityFields, suggest
-from metadata_engine.layout_checks import _check_filter as check_filter
-from metadata_engine.merge import document_folder
+from metadata_engine.layout_checks import check_filter
+from metadata_engine.merge import document_folder, entity_key
 from metadata_engine.model import ADMIN_ROLE, SYSTEM_COLUMNS
 
 Document = Mapping[str, Any]
@@ -86,6 +86,26 @@ def check_permissions(
         _check_sharing_rule(report_for(key), document, refs, names)
     for key, document in by_folder.get("permission_tests", {}).items():
         _check_permission_test(report_for(key), document, refs, names)
+    for name in sorted(refs.entities):
+        _check_unmasked_roles(report_for(entity_key(name)), refs.entities[name],
+                              names)
+
+
+def _check_unmasked_roles(report: Report, entity: Document, names: _Names) -> None:
+    """Report roles in a field's ``unmasked_roles`` that the definition does
+    not declare: they would never match a member."""
+    for index, field in enumerate(entity.get("fields", [])):
+        for position, role in enumerate(field.get("unmasked_roles", [])):
+            if role in names.roles:
+                continue
+            known = sorted(names.roles)
+            report(
+                f"/fields/{index}/unmasked_roles/{position}",
+                f"unknown role {role!r} in unmasked_roles of "
+                f"{entity['name']}.{field['name']}",
+                f"{suggest(role, known)}declare it in roles/{role}.json or use one "
+                f"of: {', '.join(known)}",
+            )
 
 
 # Roles and permission sets ---------------------------------------------------

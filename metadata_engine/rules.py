@@ -39,7 +39,10 @@ QUERY_PARAMETERS: frozenset[str] = frozenset(
 #: Path segments the web UI and API use under /t/<tenant>/, which an entity
 #: name would collide with.
 RESERVED_ENTITY_NAMES: frozenset[str] = frozenset(
-    {"api", "login", "logout", "audit", "members", "operator"}
+    {
+        "api", "login", "logout", "audit", "members", "operator", "access",
+        "roles", "teams",
+    }
 )
 
 DECIMAL_TYPES = frozenset({"decimal", "currency", "percent"})

@@ -362,13 +362,20 @@ register_converter("lookup", LookupConverter())
 # Form classes
 
 
-def input_fields(entity: Entity, mode: str) -> tuple[Field, ...]:
-    """Return the writable fields that get an input in ``mode``, in form order."""
+def input_fields(
+    entity: Entity, mode: str, locked: frozenset[str] = frozenset()
+) -> tuple[Field, ...]:
+    """Return the writable fields that get an input in ``mode``, in form order.
+
+    ``locked`` names the fields the user may not change (hidden or read-only
+    for their role): they get no input, and values posted for them are
+    ignored because only inputs are read back.
+    """
     names = entity.form.fields_for(mode)
     seen: set[str] = set()
     fields: list[Field] = []
     for name in names:
-        if name in seen or not entity.has_field(name):
+        if name in seen or name in locked or not entity.has_field(name):
             continue
         seen.add(name)
         field = entity.field(name)
@@ -377,28 +384,34 @@ def input_fields(entity: Entity, mode: str) -> tuple[Field, ...]:
     return tuple(fields)
 
 
-_FORM_CLASSES: dict[tuple[str, str, str, str], type[RecordForm]] = {}
+_FORM_CLASSES: dict[tuple[Any, ...], type[RecordForm]] = {}
 _FORM_CLASSES_LOCK = threading.Lock()
 #: Maximum number of cached form classes; a full cache is cleared.
 MAX_CACHED_FORM_CLASSES = 512
 
 
 def record_form_class(
-    entity: Entity, mode: str, locale: str, definition_hash: str = ""
+    entity: Entity,
+    mode: str,
+    locale: str,
+    definition_hash: str = "",
+    locked: frozenset[str] = frozenset(),
 ) -> type[RecordForm]:
     """Return the form class of ``entity`` in ``mode`` (create or edit).
 
-    Classes are cached by ``definition_hash``, entity, mode and locale, so a
-    changed definition gets new classes. Without a hash nothing is cached.
+    ``locked`` names the fields that get no input (see ``input_fields``).
+    Classes are cached by ``definition_hash``, entity, mode, locale and the
+    locked fields, so a changed definition gets new classes. Without a hash
+    nothing is cached.
     """
     if mode not in ("create", "edit"):
         raise ValueError(f"invalid form mode {mode!r}: use 'create' or 'edit'")
-    key = (definition_hash, entity.name, mode, locale)
+    key = (definition_hash, entity.name, mode, locale, tuple(sorted(locked)))
     if definition_hash:
         cached = _FORM_CLASSES.get(key)
         if cached is not None:
             return cached
-    form_class = build_form_class(entity, mode, locale)
+    form_class = build_form_class(entity, mode, locale, locked)
     if definition_hash:
         with _FORM_CLASSES_LOCK:
             if len(_FORM_CLASSES) >= MAX_CACHED_FORM_CLASSES:
@@ -407,8 +420,10 @@ def record_form_class(
     return form_class
 
 
-def build_form_class(entity: Entity, mode: str, locale: str) -> type[RecordForm]:
-    fields = input_fields(entity, mode)
+def build_form_class(
+    entity: Entity, mode: str, locale: str, locked: frozenset[str] = frozenset()
+) -> type[RecordForm]:
+    fields = input_fields(entity, mode, locked)
     attributes: dict[str, Any] = {
         "entity": entity,
         "mode": mode,

@@ -163,6 +163,20 @@ class ListState:
     def page_url(self, path: str, number: int) -> str:
         return url_with(path, self.args, page=str(number) if number > 1 else None)
 
+    @property
+    def column_names(self) -> list[str]:
+        """The names of the columns shown, which leave out hidden fields."""
+        return [column.name for column in self.columns]
+
+    @property
+    def link_column(self) -> str | None:
+        """The column whose value links to the record: the title field if
+        shown, else the first column."""
+        names = self.column_names
+        if self.entity.title_field in names:
+            return self.entity.title_field
+        return names[0] if names else None
+
     def first_row(self) -> int:
         return self.query.offset + 1
 
@@ -207,25 +221,32 @@ def build_list_state(
     path: str,
     locale: str,
     lookup_choices: LookupChoices,
+    hidden_fields: frozenset[str] = frozenset(),
 ) -> ListState:
     """Read the list parameters of a request, raising ``BadQuery`` if invalid.
 
     ``lookup_choices(field)`` returns the (id, title) options of a lookup
-    column's filter select.
+    column's filter select. Fields in ``hidden_fields`` (hidden from the
+    user's role) get no column, filter input or sort link, and leave the view's
+    default sort.
     """
     args = clean_args(raw_args)
     view = entity.list_view(args.get("view", "")) or entity.default_list_view
     query = parse_list_query(
         entity,
         args.to_dict(flat=False),
-        default_sort=view.sort,
+        default_sort=visible_sort(view.sort, hidden_fields),
         default_limit=view.page_size,
     )
+    # NOTE: a saved filter of the view on a hidden field is kept, so the
+    # record service rejects the list as filtering on an unknown field.
     query.conditions.extend(conditions_from_filters(entity, view.filters))
     query.count = True
     shown_params: set[str] = set()
     columns = []
     for name in view.columns:
+        if name in hidden_fields:
+            continue
         column = build_column(entity, name, args, path, locale, lookup_choices)
         if column.filter is not None:
             shown_params.add(column.filter.param)
@@ -245,6 +266,13 @@ def build_list_state(
         page_number=query.offset // query.limit + 1,
         hidden_params=hidden,
     )
+
+
+def visible_sort(sort: Sequence[str], hidden: frozenset[str]) -> tuple[str, ...]:
+    """Return the sort keys of ``sort`` that are not on hidden fields, or the
+    newest first when none is left."""
+    kept = tuple(key for key in sort if key.removeprefix("-") not in hidden)
+    return kept or ("-created_at",)
 
 
 def build_column(

@@ -24,6 +24,7 @@ from click.testing import CliRunner
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+from crm_platform.access import ASSIGNMENTS
 from crm_platform.archive import import_archive, write_archive
 from crm_platform.cli import main
 from crm_platform.config import ENCRYPTION_KEYS_FILE, Settings
@@ -86,6 +87,15 @@ def contact(records: RecordService) -> dict[str, Any]:
 @pytest.fixture
 def rep(platform: Platform, crm: TenantRuntime) -> Actor:
     return make_member(platform, crm.slug, REP_EMAIL, "sales_rep")
+
+
+@pytest.fixture
+def rep_contact(
+    crm: TenantRuntime, admin: Actor, rep: Actor, contact: dict[str, Any]
+) -> dict[str, Any]:
+    """The contact, handed to the sales rep, who reads only their own."""
+    service = RecordService(crm, admin, "en", is_member=lambda user_id: True)
+    return service.update("contact", contact["id"], {"owner_id": rep.user_id})
 
 
 @pytest.fixture
@@ -331,9 +341,9 @@ def test_api_masks_for_sales_rep(
     client: FlaskClient,
     auth: dict[str, str],
     rep_auth: dict[str, str],
-    contact: dict[str, Any],
+    rep_contact: dict[str, Any],
 ) -> None:
-    url = f"/t/acme/api/v1/records/contact/{contact['id']}"
+    url = f"/t/acme/api/v1/records/contact/{rep_contact['id']}"
     full = body(client.get(url, headers=auth))
     assert full["data"]["national_id"] == NATIONAL_ID
     masked = body(client.get(url, headers=rep_auth))
@@ -399,10 +409,10 @@ def sign_in_as(client: FlaskClient, email: str) -> None:
 
 
 def test_detail_page_masks_for_rep(
-    client: FlaskClient, rep: Actor, contact: dict[str, Any]
+    client: FlaskClient, rep: Actor, rep_contact: dict[str, Any]
 ) -> None:
     sign_in_as(client, REP_EMAIL)
-    page = client.get(f"/t/acme/contact/{contact['id']}")
+    page = client.get(f"/t/acme/contact/{rep_contact['id']}")
     assert page.status_code == 200
     assert MASKED_ID in page.text
     assert NATIONAL_ID not in page.text
@@ -418,32 +428,34 @@ def test_detail_page_full_for_admin(
 
 
 def test_edit_form_hides_and_keeps_value(
-    client: FlaskClient, rep: Actor, contact: dict[str, Any], records: RecordService
+    client: FlaskClient, rep: Actor, rep_contact: dict[str, Any],
+    records: RecordService,
 ) -> None:
     from tests.test_web import post_form
 
     sign_in_as(client, REP_EMAIL)
-    url = f"/t/acme/contact/{contact['id']}/edit"
+    url = f"/t/acme/contact/{rep_contact['id']}/edit"
     page = client.get(url)
     assert NATIONAL_ID not in page.text
     assert 'placeholder="•••• 1234"' in page.text
     response = post_form(client, url, {"f_title": "Buyer"})
     assert response.status_code == 302, response.text
-    stored = records.get("contact", contact["id"])
+    stored = records.get("contact", rep_contact["id"])
     assert stored["title"] == "Buyer"
     assert stored["national_id"] == NATIONAL_ID
 
 
 def test_edit_form_replaces_value(
-    client: FlaskClient, rep: Actor, contact: dict[str, Any], records: RecordService
+    client: FlaskClient, rep: Actor, rep_contact: dict[str, Any],
+    records: RecordService,
 ) -> None:
     from tests.test_web import post_form
 
     sign_in_as(client, REP_EMAIL)
-    url = f"/t/acme/contact/{contact['id']}/edit"
+    url = f"/t/acme/contact/{rep_contact['id']}/edit"
     response = post_form(client, url, {"f_national_id": "NEW-0001"})
     assert response.status_code == 302, response.text
-    assert records.get("contact", contact["id"])["national_id"] == "NEW-0001"
+    assert records.get("contact", rep_contact["id"])["national_id"] == "NEW-0001"
 
 
 def test_list_offers_no_sort_or_filter(crm: TenantRuntime) -> None:
@@ -469,8 +481,12 @@ def export_rows(service: RecordService) -> list[dict[str, str]]:
 
 
 def test_csv_export_masks_for_rep(
-    crm: TenantRuntime, rep: Actor, records: RecordService, contact: dict[str, Any]
+    crm: TenantRuntime, rep: Actor, records: RecordService,
+    rep_contact: dict[str, Any],
 ) -> None:
+    with crm.engine.begin() as conn:
+        conn.execute(ASSIGNMENTS.insert().values(user_id=rep.user_id,
+                                                 permission_set="data_export"))
     (masked,) = export_rows(RecordService(crm, rep))
     assert masked["national_id"] == MASKED_ID
     (full,) = export_rows(records)
@@ -574,9 +590,9 @@ def test_unknown_role_rejected() -> None:
     assert any("boss" in problem for problem in problems)
 
 
-def test_schema_roles_match_platform() -> None:
-    schema = json.loads((SCHEMA_DIR / "entity.schema.json").read_text("utf-8"))
-    assert tuple(schema["$defs"]["role"]["enum"]) == ROLES
+def test_standard_roles_declared() -> None:
+    definition = load_definition(STANDARD_CRM)
+    assert set(ROLES) <= set(definition.role_names)
 
 
 def test_flags_compile_with_defaults() -> None:
@@ -586,6 +602,10 @@ def test_flags_compile_with_defaults() -> None:
               unmasked_roles=["admin", "sales_manager"]),
         field("born", "date", personal=True),
     ))
+    docs["roles/sales_manager.json"] = {
+        "name": "sales_manager", "label": "Sales manager",
+        "entities": {"person": {"read": "all"}},
+    }
     person = compile_documents(docs).entity("person")
     secret = person.field("secret")
     assert secret.sensitive
@@ -601,6 +621,8 @@ def test_flags_compile_with_defaults() -> None:
 def test_masked_for_roles() -> None:
     docs = documents(entity("person", field("secret", sensitive=True,
                                             unmasked_roles=["sales_manager"])))
+    docs["roles/sales_manager.json"] = {"name": "sales_manager",
+                                        "label": "Sales manager"}
     secret = compile_documents(docs).entity("person").field("secret")
     assert secret.masked_for("admin")
     assert not secret.masked_for("sales_manager")

@@ -219,13 +219,15 @@ def methods_of(rule: Rule) -> list[str]:
 
 
 def build_url(rule: Rule, values: dict[str, str]) -> str:
-    unknown = rule.arguments - values.keys()
+    # Arguments with a default in the rule are not part of its URL.
+    defaults = dict(rule.defaults or {})
+    unknown = rule.arguments - values.keys() - defaults.keys()
     assert not unknown, (
         f"route {rule.rule!r} has arguments {sorted(unknown)!r} that the walk "
         "does not fill: add a value for them to url_values()"
     )
-    built = rule.build({name: values[name] for name in rule.arguments},
-                       append_unknown=False)
+    given = {name: values[name] for name in rule.arguments if name not in defaults}
+    built = rule.build({**given, **defaults}, append_unknown=False)
     assert built is not None, f"route {rule.rule!r} rejected values {values!r}"
     return built[1]
 
@@ -233,7 +235,8 @@ def build_url(rule: Rule, values: dict[str, str]) -> str:
 def url_values(slug: str, entity: str, record_id: str) -> dict[str, str]:
     return {"tenant": slug, "entity": entity, "record_id": record_id,
             "path": f"records/{entity}/{record_id}/unknown",
-            "token": RESET_TOKEN, "user_id": record_id}
+            "token": RESET_TOKEN, "user_id": record_id, "name": "sales",
+            "share_id": record_id}
 
 
 def entity_names(world: World, rule: Rule) -> list[str]:
