@@ -6,6 +6,9 @@ machine of docs/benchmarks.md, including about half a minute to generate the
 list database the first time. The tenants benchmark runs only when named
 (``--only tenants``) because it takes 15 to 30 minutes at its default size
 (an estimate for an idle machine, and the recorded run under load).
+The permissions benchmark also runs only when named (``--only
+permissions``): it took 7 to 11 minutes on that machine under load, most of
+it loading 1,000,000 rows into PostgreSQL and counting them.
 ``python -m benchmarks --quick`` is a smoke run with small sizes. Sizes come
 from the options below, whose defaults can be set with the environment
 variables named in ``--help``.
@@ -28,10 +31,11 @@ from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
+from .bench_permissions import PermissionSizes
 from .bench_tenants import BACKENDS, BackendsFailed, TenantSizes
 from .common import Result, log
 
-BENCHMARKS = ("api", "list", "import", "tenants")
+BENCHMARKS = ("api", "list", "import", "tenants", "permissions")
 #: The benchmarks that run without ``--only``.
 DEFAULT_BENCHMARKS = ("api", "list", "import")
 #: Seconds the tenants benchmark may spend on each backend before it stops.
@@ -53,12 +57,17 @@ class Sizes:
     active_tenants: int
     tenant_rounds: int
     tenant_requests: int
+    permission_rows: int
+    permission_rounds: int
+    permission_requests: int
+    permission_count_requests: int
 
 
 QUICK = Sizes(api_requests=300, api_rounds=3, list_rows=20_000, list_pages=50,
               list_rounds=3, import_rows=5_000, import_rounds=2, tenants=20,
               tenant_accounts=60, active_tenants=10, tenant_rounds=4,
-              tenant_requests=30)
+              tenant_requests=30, permission_rows=20_000, permission_rounds=3,
+              permission_requests=30, permission_count_requests=3)
 
 
 def _env_int(name: str, default: int) -> int:
@@ -78,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--only", action="append", choices=BENCHMARKS,
                         help="Run only this benchmark; repeat for several "
-                        "[default: api, list and import; tenants runs only "
-                        "when named].")
+                        "[default: api, list and import; tenants and "
+                        "permissions run only when named].")
     parser.add_argument("--quick", action="store_true",
                         help="Smoke run with small sizes; overrides every size "
                         "option.")
@@ -104,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
          "timed list-request rounds per server"),
         ("--tenant-requests", "BENCH_TENANT_REQUESTS", 100,
          "list requests per round"),
+        ("--permission-rows", "BENCH_PERMISSION_ROWS", 1_000_000,
+         "opportunities in the permissions benchmark's table"),
+        ("--permission-rounds", "BENCH_PERMISSION_ROUNDS", 7,
+         "timed permissions rounds per side and case"),
+        ("--permission-requests", "BENCH_PERMISSION_REQUESTS", 100,
+         "list pages per permissions round"),
+        ("--permission-count-requests", "BENCH_PERMISSION_COUNT_REQUESTS", 5,
+         "counted list pages per permissions round"),
     )
     for option, variable, default, text in sizes:
         parser.add_argument(option, type=int, default=_env_int(variable, default),
@@ -112,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tenant-backend", action="append", choices=BACKENDS,
                         help="Run the tenants benchmark on this backend; repeat "
                         "for both [default: sqlite and postgresql].")
+    parser.add_argument("--permission-backend", action="append", choices=BACKENDS,
+                        help="Run the permissions benchmark on this backend; "
+                        "repeat for both [default: sqlite and postgresql].")
     parser.add_argument("--tenants-timeout", type=int, default=TENANTS_TIMEOUT_S,
                         metavar="SECONDS",
                         help="Stop the tenants benchmark, its servers and its "
@@ -196,12 +216,19 @@ def _verdict(result: Result) -> str:
 
 
 def _benchmarks(
-    sizes: Sizes, tenant_sizes: TenantSizes
+    sizes: Sizes, tenant_sizes: TenantSizes, permission_sizes: PermissionSizes
 ) -> dict[str, Callable[[], list[Result]]]:
-    from . import bench_api_create, bench_import, bench_list, bench_tenants
+    from . import (
+        bench_api_create,
+        bench_import,
+        bench_list,
+        bench_permissions,
+        bench_tenants,
+    )
 
     return {
         "tenants": lambda: bench_tenants.run(tenant_sizes),
+        "permissions": lambda: bench_permissions.run(permission_sizes),
         "api": lambda: bench_api_create.run(sizes.api_requests, sizes.api_rounds),
         "list": lambda: bench_list.run(sizes.list_rows, sizes.list_rounds,
                                        sizes.list_pages),
@@ -227,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         options.list_pages, options.list_rounds, options.import_rows,
         options.import_rounds, options.tenants, options.tenant_accounts,
         options.active_tenants, options.tenant_rounds, options.tenant_requests,
+        options.permission_rows, options.permission_rounds,
+        options.permission_requests, options.permission_count_requests,
     )
     tenant_sizes = TenantSizes(
         tenants=sizes.tenants, accounts=sizes.tenant_accounts,
@@ -235,13 +264,19 @@ def main(argv: list[str] | None = None) -> int:
         backends=tuple(options.tenant_backend or BACKENDS),
         timeout_s=options.tenants_timeout,
     )
+    permission_sizes = PermissionSizes(
+        rows=sizes.permission_rows, rounds=sizes.permission_rounds,
+        requests=sizes.permission_requests,
+        count_requests=sizes.permission_count_requests,
+        backends=tuple(options.permission_backend or BACKENDS),
+    )
     facts = machine_facts()
     for key, value in facts.items():
         print(f"{key}: {value}")
     print(f"sizes: {asdict(sizes)}")
 
     names = options.only or list(DEFAULT_BENCHMARKS)
-    results, failed = _run_all(names, sizes, tenant_sizes)
+    results, failed = _run_all(names, sizes, tenant_sizes, permission_sizes)
     facts["load average at end"] = _load_average()
     print(f"\nload average at end: {facts['load average at end']}\n")
     print(format_table(results))
@@ -256,13 +291,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_all(
-    names: list[str], sizes: Sizes, tenant_sizes: TenantSizes
+    names: list[str],
+    sizes: Sizes,
+    tenant_sizes: TenantSizes,
+    permission_sizes: PermissionSizes,
 ) -> tuple[list[Result], list[str]]:
     """Run the named benchmarks and print their details; return the results
     and the names of the benchmarks that raised."""
     results: list[Result] = []
     failed: list[str] = []
-    runners = _benchmarks(sizes, tenant_sizes)
+    runners = _benchmarks(sizes, tenant_sizes, permission_sizes)
     for name in names:
         started = time.perf_counter()
         try:
