@@ -25,6 +25,7 @@ from metadata_engine.layout_checks import (
 from metadata_engine.merge import MANIFEST_KEY, is_entity_key
 from metadata_engine.model import SYSTEM_COLUMNS
 from metadata_engine.permission_checks import References, check_permissions
+from metadata_engine.record_rule_checks import check_record_rules
 
 #: Maps (document key, pointer) of a merged document to (file, pointer).
 Locate = Callable[[str, str], tuple[str, str]]
@@ -170,6 +171,7 @@ def _check_entity(
         check_field(report, pointer, field, known)
         check_sensitive(report, pointer, entity["name"], field)
     fields = EntityFields(entity["name"], by_name, skipped)
+    check_record_rules(report, entity, by_name, skipped)
     _check_title_field(report, entity["title_field"], fields)
     check_indexes(report, entity, fields)
     _check_sensitive_uses(report, entity, by_name)

@@ -34,6 +34,7 @@ from metadata_engine.model import (
     PermissionTest,
     SharingRule,
     Text,
+    ValidationRule,
 )
 
 #: Keys that only matter while loading and are dropped from stored documents.
@@ -166,6 +167,21 @@ def _compile_entity(document: Mapping[str, Any], locale: str) -> Entity:
         description=_optional_text(document.get("description"), locale),
         icon=document.get("icon"),
         indexes=indexes,
+        validation_rules=tuple(
+            _compile_validation_rule(doc, locale)
+            for doc in document.get("validation_rules", [])
+        ),
+    )
+
+
+def _compile_validation_rule(
+    document: Mapping[str, Any], locale: str
+) -> ValidationRule:
+    return ValidationRule(
+        name=document["name"],
+        when=document["when"],
+        message=_text(document["message"], locale),
+        fields=tuple(document.get("fields", [])),
     )
 
 
@@ -184,7 +200,9 @@ def _compile_field(document: Mapping[str, Any], locale: str, entity: str) -> Fie
         required=document.get("required", False),
         unique=document.get("unique", False) or is_auto_number,
         default=_convert(field_type, document.get("default")),
-        read_only=document.get("read_only", False) or is_auto_number,
+        read_only=(
+            document.get("read_only", False) or is_auto_number or "formula" in document
+        ),
         indexed=document.get("indexed", False),
         searchable=document.get("searchable", False),
         max_length=values.max_length(document),
@@ -220,6 +238,7 @@ def _compile_field(document: Mapping[str, Any], locale: str, entity: str) -> Fie
             document.get("unmasked_roles", DEFAULT_UNMASKED_ROLES)
         ),
         entity=entity,
+        formula=document.get("formula"),
     )
 
 

@@ -8,19 +8,23 @@ the record. That is a source over ``MAX_SOURCE_LENGTH`` characters, nesting
 deeper than ``MAX_NESTING``, a comprehension macro (``all``, ``exists``,
 ``exists_one``, ``map``, ``filter``) inside another, or a name that is not
 among the given fields. Errors carry the line and column of the problem.
-Nothing uses these expressions yet; validation rules and formulas will.
+Validation rules and formula fields (``record_rules``) use them.
 
 Evaluation takes plain values only (text, numbers, booleans, dates, lists
-of those) and bounds the lists and texts a comprehension could iterate, so
-the cost of one evaluation is bounded by the expression's size times
-``MAX_LIST_ITEMS``. CEL has no loops, assignment or I/O, and nothing here
-uses ``eval``.
+of those, and maps of text to those) and bounds the lists and texts a
+comprehension could iterate, so the cost of one evaluation is bounded by
+the expression's size times ``MAX_LIST_ITEMS``. CEL has no loops,
+assignment or I/O, and nothing here uses ``eval``. Most expressions run as
+Python closures (``expression_closures``) that call cel-python's operators
+without its tree walk.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import decimal
+import difflib
+import operator
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +32,13 @@ from typing import Any
 import celpy
 import lark
 from celpy import celtypes
+from celpy.evaluation import CELEvalError, boolean
+
+from metadata_engine.expression_closures import (
+    Closure,
+    compile_closure,
+    literal_constant,
+)
 
 #: Maximum length of an expression, in characters.
 MAX_SOURCE_LENGTH = 2_000
@@ -40,6 +51,49 @@ MAX_TEXT_LENGTH = 10_000
 MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
 
 _ENVIRONMENT = celpy.Environment()
+
+
+#: cel-python's comparison operators, wrapped once: its own ``bool_eq`` and
+#: ``bool_lt`` wrap ``operator.eq`` and ``operator.lt`` again on every call.
+_EQUALS = boolean(operator.eq)
+_COMPARISONS: dict[str, Any] = {
+    "_<_": boolean(operator.lt),
+    "_<=_": boolean(operator.le),
+    "_>_": boolean(operator.gt),
+    "_>=_": boolean(operator.ge),
+}
+
+
+def _equals_null_safe(left: Any, right: Any) -> Any:
+    """Return ``left == right``, where null equals only null.
+
+    cel-python 0.5.0 raises "no such overload" for ``1 == null`` and for
+    ``null != [1]``, so ``field == null`` would fail on a number or list
+    field that has a value. Here a comparison of null with any other value
+    returns false instead.
+    """
+    if left is None or right is None:
+        if isinstance(left, CELEvalError) or isinstance(right, CELEvalError):
+            return left if isinstance(left, CELEvalError) else right
+        return celtypes.BoolType(left is None and right is None)
+    return _EQUALS(left, right)
+
+
+def _differs_null_safe(left: Any, right: Any) -> Any:
+    """Return ``left != right``, where null equals only null."""
+    equal = _equals_null_safe(left, right)
+    if isinstance(equal, celtypes.BoolType):
+        return celtypes.BoolType(not equal)
+    return equal
+
+
+#: Functions that replace cel-python's own in every compiled program.
+_FUNCTIONS: dict[str, Any] = {
+    "_==_": _equals_null_safe,
+    "_!=_": _differs_null_safe,
+    **_COMPARISONS,
+}
+_LITERAL = literal_constant(_ENVIRONMENT)
 
 
 class ExpressionError(ValueError):
@@ -65,6 +119,11 @@ class Expression:
     source: str
     names: frozenset[str]
     _program: Any = field(repr=False, compare=False)
+    #: The lark parse tree, for static checks such as ``expression_types``.
+    tree: lark.Tree | None = field(default=None, repr=False, compare=False)
+    #: The same expression as Python closures (``expression_closures``), or
+    #: None when it uses a form that only ``_program`` evaluates.
+    _closure: Closure | None = field(default=None, repr=False, compare=False)
 
     def evaluate(self, values: Mapping[str, Any]) -> Any:
         """Evaluate with ``values`` (field name to plain value) and return a
@@ -72,10 +131,15 @@ class Expression:
         are null."""
         activation = {name: _to_cel(self.source, name, values.get(name))
                       for name in self.names}
+        run = self._closure or self._program.evaluate
         try:
-            result = self._program.evaluate(activation)
+            result = run(activation)
         except celpy.CELEvalError as err:
             raise ExpressionError(f"evaluation failed: {err}", self.source) from err
+        except (TypeError, ValueError, ArithmeticError, LookupError) as err:
+            # cel-python lets some Python errors escape its evaluator, such
+            # as a ValueError in a comparison; they are evaluation errors too.
+            raise ExpressionError(f"evaluation failed: {err!r}", self.source) from err
         if isinstance(result, celpy.CELEvalError):
             raise ExpressionError(f"evaluation failed: {result}", self.source)
         return _from_cel(result)
@@ -104,7 +168,9 @@ def compile_expression(source: str, names: Collection[str]) -> Expression:
         ) from err
     _check_nesting(source, tree)
     used = _check_names(source, tree, frozenset(names))
-    return Expression(source, used, _ENVIRONMENT.program(tree))
+    program = _ENVIRONMENT.program(tree, _FUNCTIONS)
+    closure = compile_closure(tree, _FUNCTIONS, _LITERAL)
+    return Expression(source, used, program, tree, closure)
 
 
 def _check_nesting(source: str, tree: lark.Tree) -> None:
@@ -145,8 +211,10 @@ def _check_names(
         if name in bound:
             continue
         if name not in allowed:
+            close = difflib.get_close_matches(name, sorted(allowed), n=1)
+            guess = f"did you mean {close[0]!r}? " if close else ""
             raise ExpressionError(
-                f"unknown name {name!r}; use one of the entity's fields: "
+                f"unknown name {name!r}; {guess}use one of the entity's fields: "
                 + ", ".join(sorted(allowed)[:20]),
                 source, token.line, token.column,
             )
@@ -218,6 +286,18 @@ def _to_cel(source: str, name: str, value: Any) -> Any:
         return celtypes.TimestampType(
             dt.datetime.combine(value, dt.time(), tzinfo=dt.UTC)
         )
+    if isinstance(value, Mapping):
+        if len(value) > MAX_LIST_ITEMS:
+            raise ExpressionError(
+                f"field {name!r} has {len(value)} entries, more than "
+                f"{MAX_LIST_ITEMS} that an expression may read", source,
+            )
+        return celtypes.MapType(
+            {
+                celtypes.StringType(str(key)): _to_cel(source, name, item)
+                for key, item in value.items()
+            }
+        )
     if isinstance(value, list | tuple):
         if len(value) > MAX_LIST_ITEMS:
             raise ExpressionError(
@@ -227,7 +307,8 @@ def _to_cel(source: str, name: str, value: Any) -> Any:
         return celtypes.ListType([_to_cel(source, name, item) for item in value])
     raise ExpressionError(
         f"field {name!r} contains a {type(value).__name__}, which expressions "
-        "cannot read; pass text, numbers, booleans, dates or lists", source,
+        "cannot read; pass text, numbers, booleans, dates, lists or maps of "
+        "text to these", source,
     )
 
 

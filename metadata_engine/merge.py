@@ -36,7 +36,7 @@ REPLACED_BY_EXTENSION = (
     "list_views",
 )
 #: Entity lists that an extension appends to.
-APPENDED_BY_EXTENSION = ("fields", "indexes", "unique")
+APPENDED_BY_EXTENSION = ("fields", "indexes", "unique", "validation_rules")
 
 
 def entity_key(name: str) -> str:

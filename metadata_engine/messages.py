@@ -53,6 +53,18 @@ MESSAGES: Mapping[str, Mapping[str, str]] = {
         "record_not_editable": (
             "A record with this key exists, and your role may not change it."
         ),
+        "rule_failed": (
+            "The validation rule {rule!r} could not be checked: {reason}. Ask an "
+            "administrator to correct the rule."
+        ),
+        "formula_failed": (
+            "This value could not be computed: {reason}. Ask an administrator to "
+            "correct the formula."
+        ),
+        "reason_type": "a value is empty or has a type the expression cannot use",
+        "reason_division": "it divides by zero",
+        "reason_result": "the result {value!r} is not a valid {type} value",
+        "reason_other": "the expression failed",
     },
     "zh-CN": {
         "required": "此字段为必填项。",
@@ -91,6 +103,12 @@ MESSAGES: Mapping[str, Mapping[str, str]] = {
             "或请有更改负责人权限的人操作。"
         ),
         "record_not_editable": "已有使用此键值的记录，您的角色不能修改它。",
+        "rule_failed": "无法检查校验规则 {rule!r}：{reason}。请管理员修正该规则。",
+        "formula_failed": "无法计算此值：{reason}。请管理员修正该公式。",
+        "reason_type": "某个值为空，或其类型不能用于该表达式",
+        "reason_division": "表达式除以零",
+        "reason_result": "结果 {value!r} 不是有效的 {type} 值",
+        "reason_other": "表达式执行失败",
     },
 }
 

@@ -104,6 +104,9 @@ class Field:
     #: Name of the entity that declares the field, filled in by the compiler.
     #: Encryption binds each stored value to it.
     entity: str = field(default="", compare=False)
+    #: CEL source of a formula field, computed on every write; such a field
+    #: is also read-only. See ``metadata_engine.record_rules``.
+    formula: str | None = None
 
     def option(self, value: str) -> Option | None:
         for option in self.options:
@@ -181,6 +184,20 @@ class ListView:
 
 
 @dataclass(frozen=True)
+class ValidationRule:
+    """A CEL condition that makes a record invalid when it is true.
+
+    ``fields`` names the fields that show ``message``; empty means the record
+    as a whole (the error key ``_schema``).
+    """
+
+    name: str
+    when: str
+    message: Text
+    fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Entity:
     name: str
     label: Text
@@ -192,8 +209,15 @@ class Entity:
     description: Text | None = None
     icon: str | None = None
     indexes: tuple[Index, ...] = ()
+    validation_rules: tuple[ValidationRule, ...] = ()
     _by_name: Mapping[str, Field] = field(
         default_factory=lambda: MappingProxyType({}), repr=False, compare=False
+    )
+    #: Objects derived once from this entity, such as its compiled rules and
+    #: formulas (``record_rules``). Not an init argument, so a copy made with
+    #: ``dataclasses.replace`` starts with an empty cache.
+    derived: dict[str, Any] = field(
+        default_factory=dict, init=False, repr=False, compare=False
     )
 
     def __post_init__(self) -> None:

@@ -13,8 +13,7 @@ from typing import Any
 
 from metadata_engine import values
 from metadata_engine.field_checks import Report
-from metadata_engine.layout_checks import EntityFields, suggest
-from metadata_engine.layout_checks import check_filter
+from metadata_engine.layout_checks import EntityFields, check_filter, suggest
 from metadata_engine.merge import document_folder, entity_key
 from metadata_engine.model import ADMIN_ROLE, SYSTEM_COLUMNS
 

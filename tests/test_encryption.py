@@ -44,7 +44,6 @@ from crm_platform.records import RecordService
 from crm_platform.serialize import mask_text
 from crm_platform.tenancy import Platform, TenantRuntime
 from metadata_engine.loader import compile_documents, load_definition
-from metadata_engine.schema_validation import SCHEMA_DIR
 from renderers.listing import column_filter, is_sortable
 from tests.conftest import STANDARD_CRM, make_member
 from tests.definitions.builders import documents, entity, field, problems_of
