@@ -27,6 +27,11 @@ from uuid_utils import uuid7
 
 from metadata_engine.messages import messages_for
 from metadata_engine.model import SYSTEM_COLUMNS, Entity, Field
+from metadata_engine.record_rules import (
+    apply_record_rules,
+    formula_fields,
+    has_record_rules,
+)
 from metadata_engine.tables import build_service_tables
 from metadata_engine.validation import WRITABLE_SYSTEM_COLUMNS
 
@@ -359,11 +364,13 @@ class RecordService:
         entity = access.entity
         values = self._load(entity, data, partial=False, access=access)
         self._fill_new(entity, values, dt.datetime.now(dt.UTC))
+        self._apply_rules(entity, values)
         table = self.runtime.tables[entity_name]
         entries = self._journal()
         with self.runtime.engine.begin() as conn:
             entries.start(conn, expected=1)
             self._check_quota(conn, 1)
+            self._check_lookup_access(conn, entity, values)
             for field in entity.fields:
                 if field.type == "auto_number":
                     values[field.name] = _next_number(conn, entity, field)
@@ -413,12 +420,29 @@ class RecordService:
         with self.runtime.engine.begin() as conn:
             entries.start(conn, expected=1)
             before = _read_row(conn, table, record_id)
+            if before is not None and has_record_rules(entity):
+                # Rules and formulas read the stored record, so they run only
+                # once the actor may change it. They see the input on top of
+                # the stored values; "version" is a SQL expression here.
+                if not self._passes(conn, access, "edit", record_id):
+                    self._raise_refused(
+                        conn, access, "edit", record_id, expected_version
+                    )
+                merged = {**before, **values, "version": before["version"]}
+                self._apply_rules(entity, merged)
+                computed = {name: merged[name] for name in formula_fields(entity)}
+                values.update(computed)
+                statement = statement.values(**computed)
             result = self._execute_write(conn, entity, statement, values)
             if before is None or result.rowcount == 0:
                 self._raise_refused(
                     conn, access, "edit", record_id, expected_version
                 )
             assert before is not None
+            # Only changed lookups: one that still points where it did may
+            # point at a record the actor cannot read, set by someone else.
+            changed = {k: v for k, v in values.items() if before.get(k) != v}
+            self._check_lookup_access(conn, entity, changed)
             self._check_owner_change(access, before, values)
             after = _read_row(conn, table, record_id)
             assert after is not None
@@ -535,7 +559,7 @@ class RecordService:
         with self.runtime.engine.begin() as conn:
             journal.lock(conn)
             loaded = self._drop_missing_lookups(conn, entity, loaded, result)
-            existing = self._existing_by_key(conn, table, key, loaded)
+            existing = self._existing_by_key(conn, access, table, key, loaded)
             if keep_existing:
                 result.unchanged += sum(
                     1 for _, row in loaded if key and row.get(key) in existing
@@ -583,11 +607,9 @@ class RecordService:
             if not target_ids or not field.target:
                 continue
             target = self.runtime.tables[field.target]
-            found = set(
-                conn.execute(
-                    sa.select(target.c.id).where(target.c.id.in_(target_ids))
-                ).scalars()
-            )
+            statement = sa.select(target.c.id).where(target.c.id.in_(target_ids))
+            found = set(conn.execute(self._readable_only(field.target, statement))
+                        .scalars())
             valid_rows = []
             for index, values in loaded:
                 target_id = values.get(field.name)
@@ -605,17 +627,25 @@ class RecordService:
     def _existing_by_key(
         self,
         conn: sa.Connection,
+        access: Access,
         table: sa.Table,
         key: str | None,
         loaded: IndexedRows,
     ) -> dict[Any, dict[str, Any]]:
+        """Return the stored records whose ``key`` matches a row, among the
+        records the actor may read: a key matching only records they cannot
+        read must look like no match, or an import would reveal values."""
         if key is None:
             return {}
         values = [row[key] for _, row in loaded if row.get(key) is not None]
         existing: dict[Any, dict[str, Any]] = {}
+        readable = access.predicate("read", table)
         for start in range(0, len(values), 500):
             chunk = values[start : start + 500]
-            rows = conn.execute(sa.select(table).where(table.c[key].in_(chunk)))
+            statement = sa.select(table).where(table.c[key].in_(chunk))
+            if readable is not None:
+                statement = statement.where(readable)
+            rows = conn.execute(statement)
             for row in rows.mappings():
                 existing[row[key]] = dict(row)
         return existing
@@ -643,6 +673,13 @@ class RecordService:
                 seen.add(key_value)
             stored = existing.get(key_value) if key_value is not None else None
             if stored is not None:
+                merged = {**stored, **values}
+                errors = self._rule_errors(entity, merged)
+                if errors:
+                    result.errors[index] = errors
+                    continue
+                computed = {name: merged[name] for name in formula_fields(entity)}
+                values = {**values, **computed}
                 changed = {
                     name: value
                     for name, value in values.items()
@@ -660,6 +697,10 @@ class RecordService:
                 updates.append((index, changed))
                 continue
             self._fill_new(entity, values, now)
+            errors = self._rule_errors(entity, values)
+            if errors:
+                result.errors[index] = errors
+                continue
             inserts.append((index, values))
         return inserts, updates
 
@@ -795,6 +836,20 @@ class RecordService:
             raise RecordInvalid(f"invalid {entity.name}: check {names}", errors)
         return dict(loaded)
 
+    def _rule_errors(
+        self, entity: Entity, record: dict[str, Any]
+    ) -> dict[str, builtins.list[str]]:
+        """Fill in the formula fields of ``record`` and return the messages
+        of its failed validation rules."""
+        user = {"id": self.actor.user_id, "role": self.actor.role}
+        return apply_record_rules(entity, record, user, self.locale)
+
+    def _apply_rules(self, entity: Entity, record: dict[str, Any]) -> None:
+        errors = self._rule_errors(entity, record)
+        if errors:
+            names = ", ".join(sorted(errors))
+            raise RecordInvalid(f"invalid {entity.name}: check {names}", errors)
+
     def _fill_new(
         self, entity: Entity, values: dict[str, Any], now: dt.datetime
     ) -> None:
@@ -913,18 +968,39 @@ class RecordService:
             return True
         return self.is_member is not None and self.is_member(user_id)
 
+    def _check_lookup_access(
+        self, conn: sa.Connection, entity: Entity, values: Mapping[str, Any]
+    ) -> None:
+        """Reject lookups to records the actor may not read, as if they did
+        not exist. Admins read everything, so the foreign keys suffice."""
+        if self.principal.is_admin:
+            return
+        if any(values.get(field.name) for field in entity.lookups):
+            self._check_lookups(conn, entity, values)
+
+    def _readable_only(self, entity_name: str, statement: Any) -> Any:
+        """Add the actor's read predicate on ``entity_name`` to ``statement``,
+        or match nothing if they may not read that entity at all."""
+        access = self.access(entity_name)
+        if not access.allows("read"):
+            return statement.where(sa.false())
+        predicate = access.predicate("read", self.runtime.tables[entity_name])
+        return statement if predicate is None else statement.where(predicate)
+
     def _check_lookups(
         self, conn: sa.Connection, entity: Entity, values: Mapping[str, Any]
     ) -> None:
+        """Raise ``RecordInvalid`` for each lookup in ``values`` whose target
+        does not exist or that the actor may not read: both get the same
+        message, so that a lookup cannot probe for records."""
         errors: dict[str, builtins.list[str]] = {}
         for field in entity.lookups:
             target_id = values.get(field.name)
             if not target_id or not field.target:
                 continue
             target = self.runtime.tables[field.target]
-            found = conn.execute(
-                sa.select(target.c.id).where(target.c.id == target_id)
-            ).first()
+            statement = sa.select(target.c.id).where(target.c.id == target_id)
+            found = conn.execute(self._readable_only(field.target, statement)).first()
             if found is None:
                 label = self.runtime.entity(field.target).label.get(self.locale)
                 errors[field.name] = [

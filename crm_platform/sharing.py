@@ -432,6 +432,22 @@ class SharingService:
 
     # Manual shares
 
+    def _check_share_useful(self, entity: str, member: Actor, access: str) -> None:
+        """Reject a share that would give ``member`` nothing: sharing widens
+        the records of a right the member's role or permission sets already
+        grant, so a role without it gains nothing from the share."""
+        right = "edit" if access == "edit" else "read"
+        records = self.platform.records(self.runtime, member)
+        if records.access(entity).allows(right):
+            return
+        raise RecordInvalid(
+            f"sharing {entity} records at {access!r} gives {member.email} "
+            f"nothing: role {member.role!r} and their permission sets grant no "
+            f"{right} right on {entity}. Give them the right at some scope "
+            "(a role or a permission set) first",
+            details={"user_id": [f"role {member.role!r} has no {right} right"]},
+        )
+
     def check_can_share(self, entity: str, record_id: str) -> None:
         """Raise ``NotFound`` or ``Forbidden`` unless the actor may share the
         record."""
@@ -480,7 +496,7 @@ class SharingService:
         self._sharing_access(entity, record_id)
         check_share_target(access, user_id, team)
         if user_id is not None:
-            self.member(user_id, "user_id")
+            self._check_share_useful(entity, self.member(user_id, "user_id"), access)
         with self.runtime.engine.begin() as conn:
             team_id = None
             if team is not None:
@@ -505,7 +521,7 @@ class SharingService:
                     created_by=self.actor.user_id,
                 ))
             share = _read_share(conn, share_id)
-        log.info("user %s shared %s record %s with %s at %s in tenant %s",
+        log.warning("user %s shared %s record %s with %s at %s in tenant %s",
                  self.actor.user_id, entity, record_id,
                  f"team {team}" if team else f"user {user_id}", access,
                  self.runtime.slug)
@@ -515,19 +531,31 @@ class SharingService:
         """Remove one share of the record; ``NotFound`` if it has no such share."""
         self._check_writable()
         self._sharing_access(entity, record_id)
+        table = self.runtime.tables[entity]
         with self.runtime.engine.begin() as conn:
-            removed = conn.execute(
-                SHARES.delete().where(
-                    SHARES.c.id == share_id,
-                    SHARES.c.entity == entity,
-                    SHARES.c.record_id == record_id,
-                )
+            where = (
+                SHARES.c.id == share_id,
+                SHARES.c.entity == entity,
+                SHARES.c.record_id == record_id,
             )
+            creator = conn.execute(sa.select(SHARES.c.created_by).where(*where)).first()
+            owner = conn.execute(
+                sa.select(table.c.owner_id).where(table.c.id == record_id)
+            ).scalar()
+            if creator is not None and not self.actor.is_admin and (
+                self.actor.user_id not in (owner, creator[0])
+            ):
+                raise Forbidden(
+                    f"only the record's owner, the person who shared it and "
+                    f"admins may remove share {share_id!r}; ask one of them",
+                    details={"share_id": share_id},
+                )
+            removed = conn.execute(SHARES.delete().where(*where))
         if removed.rowcount == 0:
             raise NotFound(
                 f"share {share_id!r} of {entity} record {record_id!r} not found"
             )
-        log.info("user %s removed share %s of %s record %s in tenant %s",
+        log.warning("user %s removed share %s of %s record %s in tenant %s",
                  self.actor.user_id, share_id, entity, record_id, self.runtime.slug)
 
 
