@@ -15,8 +15,8 @@ expression that ``RecordService`` adds to the WHERE clause of its query:
 
 The database applies the predicate with the user's own filters, so pages,
 counts and totals only ever see permitted rows, and no list of record ids
-is ever inlined. ``explain`` answers why one record is or is not permitted
-by running each part on its own.
+is ever inlined. ``explain`` runs each part on its own to report why one
+record is or is not permitted.
 """
 
 from __future__ import annotations

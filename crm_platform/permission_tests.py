@@ -4,7 +4,7 @@ A permission test case states what a user with some role may do with a
 record of some owner ("a sales rep cannot read another rep's
 opportunity"). ``run_permission_tests`` builds the definition's tables in a
 private in-memory SQLite database, adds one record per case owned by the
-case's kind of user, and asks the same compiled predicates that
+case's kind of user, and checks it with the same compiled predicates that
 ``RecordService`` applies. ``metacrm validate`` and every apply refuse a
 definition whose cases fail, with one problem per failed case.
 

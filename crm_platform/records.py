@@ -425,7 +425,7 @@ class RecordService:
                 # once the actor may change it. They see the input on top of
                 # the stored values; "version" is a SQL expression here.
                 if not self._passes(conn, access, "edit", record_id):
-                    self._raise_refused(
+                    self._raise_write_rejected(
                         conn, access, "edit", record_id, expected_version
                     )
                 merged = {**before, **values, "version": before["version"]}
@@ -435,7 +435,7 @@ class RecordService:
                 statement = statement.values(**computed)
             result = self._execute_write(conn, entity, statement, values)
             if before is None or result.rowcount == 0:
-                self._raise_refused(
+                self._raise_write_rejected(
                     conn, access, "edit", record_id, expected_version
                 )
             assert before is not None
@@ -468,7 +468,7 @@ class RecordService:
             if predicate is not None:
                 permitted = permitted.where(predicate)
             if conn.execute(permitted).first() is None:
-                self._raise_refused(conn, access, "delete", record_id, None)
+                self._raise_write_rejected(conn, access, "delete", record_id, None)
             self._check_not_referenced(conn, entity_name, record_id)
             before = _read_row(conn, table, record_id)
             if before is not None:
@@ -480,7 +480,7 @@ class RecordService:
                 statement = statement.where(predicate)
             result = conn.execute(statement)
             if before is None or result.rowcount == 0:
-                self._raise_refused(
+                self._raise_write_rejected(
                     conn, access, "delete", record_id, expected_version
                 )
             assert before is not None
@@ -1088,9 +1088,9 @@ class RecordService:
         updates: IndexedRows,
         result: BatchResult,
     ) -> tuple[IndexedRows, IndexedRows]:
-        """Keep the import rows the actor may write: new records need the
-        create right and their own ownership unless they may change owners;
-        matched records must pass the edit predicate."""
+        """Keep the import rows the actor may write. New records need the
+        create right, and matched records must pass the edit predicate. A
+        changed owner needs the change_owner right."""
         denied: dict[int, dict[str, builtins.list[str]]] = {}
         if inserts and not access.allows("create"):
             message = f"role {self.actor.role!r} may not create {access.entity.name}"
@@ -1130,7 +1130,7 @@ class RecordService:
             found.update(conn.execute(statement).scalars())
         return found
 
-    def _raise_refused(
+    def _raise_write_rejected(
         self,
         conn: sa.Connection,
         access: Access,

@@ -208,7 +208,7 @@ def test_standard_sharing_rules(standard: Definition) -> None:
 def test_standard_permission_test(standard: Definition) -> None:
     (test,) = standard.permission_tests
     assert test.name == "standard"
-    assert 6 <= len(test.cases) <= 10
+    assert 6 <= len(test.cases) <= 12
     hidden = [c for c in test.cases if c.action == "see"]
     assert [(c.role, c.field_name, c.allowed) for c in hidden] == [
         ("service_agent", "value", False)
