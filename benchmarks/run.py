@@ -9,6 +9,8 @@ list database the first time. The tenants benchmark runs only when named
 The permissions benchmark also runs only when named (``--only
 permissions``): it took 7 to 11 minutes on that machine under load, most of
 it loading 1,000,000 rows into PostgreSQL and counting them.
+The rules benchmark (``--only rules``) times saves with and without
+validation rules and formulas, on SQLite and PostgreSQL.
 ``python -m benchmarks --quick`` is a smoke run with small sizes. Sizes come
 from the options below, whose defaults can be set with the environment
 variables named in ``--help``.
@@ -32,10 +34,11 @@ from importlib import metadata
 from pathlib import Path
 
 from .bench_permissions import PermissionSizes
+from .bench_rule_save import RuleSaveSizes
 from .bench_tenants import BACKENDS, BackendsFailed, TenantSizes
 from .common import Result, log
 
-BENCHMARKS = ("api", "list", "import", "tenants", "permissions")
+BENCHMARKS = ("api", "list", "import", "tenants", "permissions", "rules")
 #: The benchmarks that run without ``--only``.
 DEFAULT_BENCHMARKS = ("api", "list", "import")
 #: Seconds the tenants benchmark may spend on each backend before it stops.
@@ -68,6 +71,9 @@ QUICK = Sizes(api_requests=300, api_rounds=3, list_rows=20_000, list_pages=50,
               tenant_accounts=60, active_tenants=10, tenant_rounds=4,
               tenant_requests=30, permission_rows=20_000, permission_rounds=3,
               permission_requests=30, permission_count_requests=3)
+#: Sizes of the rules benchmark in a ``--quick`` run.
+QUICK_RULE_SAVES = 300
+QUICK_RULE_ROUNDS = 3
 
 
 def _env_int(name: str, default: int) -> int:
@@ -87,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--only", action="append", choices=BENCHMARKS,
                         help="Run only this benchmark; repeat for several "
-                        "[default: api, list and import; tenants and "
-                        "permissions run only when named].")
+                        "[default: api, list and import; tenants, "
+                        "permissions and rules run only when named].")
     parser.add_argument("--quick", action="store_true",
                         help="Smoke run with small sizes; overrides every size "
                         "option.")
@@ -121,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
          "list pages per permissions round"),
         ("--permission-count-requests", "BENCH_PERMISSION_COUNT_REQUESTS", 5,
          "counted list pages per permissions round"),
+        ("--rule-saves", "BENCH_RULE_SAVES", 5000,
+         "record saves per side in the rules benchmark, split over the rounds"),
+        ("--rule-rounds", "BENCH_RULE_ROUNDS", 10, "timed rules rounds per side"),
     )
     for option, variable, default, text in sizes:
         parser.add_argument(option, type=int, default=_env_int(variable, default),
@@ -132,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--permission-backend", action="append", choices=BACKENDS,
                         help="Run the permissions benchmark on this backend; "
                         "repeat for both [default: sqlite and postgresql].")
+    parser.add_argument("--rule-backend", action="append", choices=BACKENDS,
+                        help="Run the rules benchmark on this backend; repeat "
+                        "for both [default: sqlite and postgresql].")
     parser.add_argument("--tenants-timeout", type=int, default=TENANTS_TIMEOUT_S,
                         metavar="SECONDS",
                         help="Stop the tenants benchmark, its servers and its "
@@ -216,13 +228,17 @@ def _verdict(result: Result) -> str:
 
 
 def _benchmarks(
-    sizes: Sizes, tenant_sizes: TenantSizes, permission_sizes: PermissionSizes
+    sizes: Sizes,
+    tenant_sizes: TenantSizes,
+    permission_sizes: PermissionSizes,
+    rule_sizes: RuleSaveSizes,
 ) -> dict[str, Callable[[], list[Result]]]:
     from . import (
         bench_api_create,
         bench_import,
         bench_list,
         bench_permissions,
+        bench_rule_save,
         bench_tenants,
     )
 
@@ -233,6 +249,7 @@ def _benchmarks(
         "list": lambda: bench_list.run(sizes.list_rows, sizes.list_rounds,
                                        sizes.list_pages),
         "import": lambda: bench_import.run(sizes.import_rows, sizes.import_rounds),
+        "rules": lambda: bench_rule_save.run(rule_sizes),
     }
 
 
@@ -270,13 +287,20 @@ def main(argv: list[str] | None = None) -> int:
         count_requests=sizes.permission_count_requests,
         backends=tuple(options.permission_backend or BACKENDS),
     )
+    rule_sizes = RuleSaveSizes(
+        saves=QUICK_RULE_SAVES if options.quick else options.rule_saves,
+        rounds=QUICK_RULE_ROUNDS if options.quick else options.rule_rounds,
+        backends=tuple(options.rule_backend or BACKENDS),
+    )
     facts = machine_facts()
     for key, value in facts.items():
         print(f"{key}: {value}")
     print(f"sizes: {asdict(sizes)}")
 
     names = options.only or list(DEFAULT_BENCHMARKS)
-    results, failed = _run_all(names, sizes, tenant_sizes, permission_sizes)
+    results, failed = _run_all(
+        names, sizes, tenant_sizes, permission_sizes, rule_sizes
+    )
     facts["load average at end"] = _load_average()
     print(f"\nload average at end: {facts['load average at end']}\n")
     print(format_table(results))
@@ -295,12 +319,13 @@ def _run_all(
     sizes: Sizes,
     tenant_sizes: TenantSizes,
     permission_sizes: PermissionSizes,
+    rule_sizes: RuleSaveSizes,
 ) -> tuple[list[Result], list[str]]:
     """Run the named benchmarks and print their details; return the results
     and the names of the benchmarks that raised."""
     results: list[Result] = []
     failed: list[str] = []
-    runners = _benchmarks(sizes, tenant_sizes, permission_sizes)
+    runners = _benchmarks(sizes, tenant_sizes, permission_sizes, rule_sizes)
     for name in names:
         started = time.perf_counter()
         try:

@@ -857,7 +857,8 @@ def _create_from(
                 raise ArchiveError(
                     f"invalid definition document name {key!r}: expected "
                     "definition.json or FOLDER/NAME.json, with FOLDER entities, "
-                    "roles, permission_sets, sharing_rules or permission_tests"
+                    "roles, permission_sets, sharing_rules, permission_tests or "
+                    "rule_tests"
                 )
             path = root / key
             path.parent.mkdir(exist_ok=True)

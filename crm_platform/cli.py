@@ -25,6 +25,7 @@ from .config import Settings, load_settings
 from .control import ROLES, Actor, Tenant
 from .errors import PlatformError
 from .permission_tests import check_permission_tests
+from .rule_tests import check_rule_tests, count_rule_cases
 from .tenancy import Platform
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ def validate(path: Path) -> None:
     try:
         definition = load_definition(path)
         check_permission_tests(definition)
+        check_rule_tests(definition)
     except DefinitionError as err:
         click.echo(str(err), err=True)
         sys.exit(1)
@@ -96,6 +98,9 @@ def validate(path: Path) -> None:
     cases = sum(len(test.cases) for test in definition.permission_tests)
     if cases:
         click.echo(f"{cases} permission test cases passed")
+    rule_cases = count_rule_cases(definition)
+    if rule_cases:
+        click.echo(f"{rule_cases} rule test cases passed")
     click.echo(f"content hash {definition.content_hash}")
 
 

@@ -32,6 +32,7 @@ from .crypto import install_key_ring
 from .errors import NotFound, TenantError
 from .migrations import apply_tables, plan_changes
 from .permission_tests import check_permission_tests
+from .rule_tests import check_rule_tests
 
 if TYPE_CHECKING:
     from .records import RecordService
@@ -262,13 +263,14 @@ class Platform:
         """Create or update the tenant's tables to match ``definition``.
 
         Changes that would lose data raise ``UnsafeChange`` and change nothing,
-        and so does a failed permission test of the definition
+        and so does a failed permission or rule test of the definition
         (``DefinitionError``).
         """
         tenant = self.control.get_tenant(slug)
         if tenant.metadata_hash == definition.content_hash:
             return self.runtime(slug)
         check_permission_tests(definition)
+        check_rule_tests(definition)
         version = tenant.metadata_version + 1
         # The shared tables, not new ones: each engine's statement cache
         # would otherwise keep this tenant's copy alive.

@@ -22,10 +22,11 @@ from metadata_engine.layout_checks import (
     check_list_view,
     suggest,
 )
-from metadata_engine.merge import MANIFEST_KEY, is_entity_key
+from metadata_engine.merge import MANIFEST_KEY, document_folder, is_entity_key
 from metadata_engine.model import SYSTEM_COLUMNS
 from metadata_engine.permission_checks import References, check_permissions
 from metadata_engine.record_rule_checks import check_record_rules
+from metadata_engine.rule_test_checks import check_rule_tests
 
 #: Maps (document key, pointer) of a merged document to (file, pointer).
 Locate = Callable[[str, str], tuple[str, str]]
@@ -84,7 +85,21 @@ def check_documents(
         broken_documents=frozenset(broken_documents),
     )
     check_permissions(reporter.for_document, documents, references)
+    check_rule_tests(
+        reporter.for_document,
+        _in_folder(documents, "rule_tests"),
+        _in_folder(documents, "roles"),
+        references,
+    )
     return reporter.problems
+
+
+def _in_folder(documents: Mapping[str, Document], folder: str) -> dict[str, Document]:
+    return {
+        key: document
+        for key, document in documents.items()
+        if document_folder(key) == folder
+    }
 
 
 def check_file_name(

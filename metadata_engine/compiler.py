@@ -32,6 +32,8 @@ from metadata_engine.model import (
     Option,
     PermissionCase,
     PermissionTest,
+    RuleCase,
+    RuleTest,
     SharingRule,
     Text,
     ValidationRule,
@@ -96,6 +98,7 @@ def compile_definition(documents: Mapping[str, Any]) -> Definition:
             _compile_permission_test(doc, field_types)
             for doc in folders["permission_tests"]
         ),
+        rule_tests=tuple(_compile_rule_test(doc) for doc in folders["rule_tests"]),
     )
 
 
@@ -416,4 +419,31 @@ def _compile_case(
         permission_sets=tuple(document.get("permission_sets", [])),
         field_name=document.get("field"),
         values=MappingProxyType(record_values),
+    )
+
+
+def _compile_rule_test(document: Mapping[str, Any]) -> RuleTest:
+    return RuleTest(
+        name=document["name"],
+        cases=tuple(_compile_rule_case(case) for case in document["cases"]),
+    )
+
+
+def _compile_rule_case(document: Mapping[str, Any]) -> RuleCase:
+    """Compile one rule case. The record and the computed values stay in JSON
+    form: the runner loads the record through the entity's schema, as the API
+    does."""
+    now = document.get("now")
+    errors = {
+        key: tuple(expected) for key, expected in document.get("errors", {}).items()
+    }
+    return RuleCase(
+        description=document["description"],
+        entity=document["entity"],
+        record=MappingProxyType(copy.deepcopy(dict(document["record"]))),
+        role=document.get("user", {}).get("role"),
+        now=None if now is None else values.parse_datetime(now),
+        errors=MappingProxyType(errors),
+        valid=document.get("valid", False),
+        computed=MappingProxyType(copy.deepcopy(dict(document.get("computed", {})))),
     )

@@ -128,8 +128,8 @@ def compile_documents(documents: Mapping[str, Any]) -> Definition:
     """Validate and compile merged documents keyed by their path in the folder.
 
     The keys are ``definition.json``, ``entities/NAME.json``, and
-    ``FOLDER/NAME.json`` for the permission folders roles, permission_sets,
-    sharing_rules and permission_tests. The documents must not extend a base:
+    ``FOLDER/NAME.json`` for the folders roles, permission_sets, sharing_rules,
+    permission_tests and rule_tests. The documents must not extend a base:
     pass ``Definition.documents`` of a loaded definition.
     """
     problems: list[Problem] = []

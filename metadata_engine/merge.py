@@ -17,13 +17,15 @@ from metadata_engine.errors import Problem
 
 MANIFEST_KEY = "definition.json"
 ENTITIES_DIR = "entities"
-#: Folders of permission documents, next to entities/, with one NAME.json per
-#: role, permission set, sharing rule or permission test.
+#: Folders of documents next to entities/, with one NAME.json per role,
+#: permission set, sharing rule, permission test or rule test. Rule tests are
+#: not about permissions but load, merge and replace by name the same way.
 PERMISSION_DIRS: tuple[str, ...] = (
     "roles",
     "permission_sets",
     "sharing_rules",
     "permission_tests",
+    "rule_tests",
 )
 
 #: Entity properties that an extension replaces when it sets them.
@@ -113,7 +115,8 @@ class EntityFile:
 
 @dataclass
 class PermissionFile:
-    """A schema-valid role, permission set, sharing rule or permission test."""
+    """A schema-valid role, permission set, sharing rule, permission test or
+    rule test."""
 
     file: str
     folder: str

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
@@ -362,6 +363,39 @@ class PermissionTest:
 
 
 @dataclass(frozen=True)
+class RuleCase:
+    """One case of a rule test: a record, and what the entity's validation
+    rules and formulas must make of it.
+
+    ``record`` contains the field values in the JSON form the API accepts.
+    ``errors`` maps a field name, or ``_schema`` for the whole record, to
+    substrings that the messages for that key must contain. ``valid`` expects
+    no message at all. ``computed`` maps formula fields to their expected
+    values, in JSON form. ``now`` is the write's time, or None for the time
+    the case runs.
+    """
+
+    description: str
+    entity: str
+    record: Mapping[str, Any]
+    role: str | None = None
+    now: datetime | None = None
+    errors: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    valid: bool = False
+    computed: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class RuleTest:
+    """A named group of rule cases from one metadata document."""
+
+    name: str
+    cases: tuple[RuleCase, ...]
+
+
+@dataclass(frozen=True)
 class Definition:
     """A whole compiled tenant definition, identified by its content hash."""
 
@@ -381,6 +415,7 @@ class Definition:
     permission_sets: tuple[Grantee, ...] = ()
     sharing_rules: tuple[SharingRule, ...] = ()
     permission_tests: tuple[PermissionTest, ...] = ()
+    rule_tests: tuple[RuleTest, ...] = ()
     _by_name: Mapping[str, Entity] = field(
         default_factory=lambda: MappingProxyType({}), repr=False, compare=False
     )

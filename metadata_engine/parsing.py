@@ -37,12 +37,14 @@ from metadata_engine.schema_validation import (
 GRANTEE_SCHEMA = "grantee.schema.json"
 SHARING_RULE_SCHEMA = "sharing_rule.schema.json"
 PERMISSION_TEST_SCHEMA = "permission_test.schema.json"
+RULE_TEST_SCHEMA = "rule_test.schema.json"
 #: The schema of each permission folder, and the noun for one of its documents.
 PERMISSION_SCHEMAS: dict[str, tuple[str, str]] = {
     "roles": (GRANTEE_SCHEMA, "role"),
     "permission_sets": (GRANTEE_SCHEMA, "permission set"),
     "sharing_rules": (SHARING_RULE_SCHEMA, "sharing rule"),
     "permission_tests": (PERMISSION_TEST_SCHEMA, "permission test"),
+    "rule_tests": (RULE_TEST_SCHEMA, "rule test"),
 }
 #: Singular nouns for the items of the lists of permission documents.
 _PERMISSION_ITEM_NOUNS = {
