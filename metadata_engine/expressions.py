@@ -129,8 +129,14 @@ class Expression:
         """Evaluate with ``values`` (field name to plain value) and return a
         plain Python value; names the expression reads and ``values`` lacks
         are null."""
-        activation = {name: _to_cel(self.source, name, values.get(name))
-                      for name in self.names}
+        return self.evaluate_cel(
+            {name: _to_cel(self.source, name, values.get(name)) for name in self.names}
+        )
+
+    def evaluate_cel(self, activation: Mapping[str, Any]) -> Any:
+        """Evaluate with ``activation``, which maps each name the expression
+        reads to a value already converted by ``to_cel``; this lets several
+        expressions over one record share the conversion."""
         run = self._closure or self._program.evaluate
         try:
             result = run(activation)
@@ -259,6 +265,12 @@ def _position(node: lark.Tree) -> tuple[int | None, int | None]:
     for token in node.scan_values(lambda value: isinstance(value, lark.Token)):
         return token.line, token.column
     return None, None
+
+
+def to_cel(source: str, name: str, value: Any) -> Any:
+    """Return ``value`` as a CEL value for ``evaluate_cel``; ``source`` names
+    the expression or record in the error for a value that is not plain."""
+    return _to_cel(source, name, value)
 
 
 def _to_cel(source: str, name: str, value: Any) -> Any:

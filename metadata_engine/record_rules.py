@@ -28,7 +28,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from metadata_engine.expressions import Expression, ExpressionError, compile_expression
+from metadata_engine.expressions import (
+    Expression,
+    ExpressionError,
+    compile_expression,
+    to_cel,
+)
 from metadata_engine.fieldtypes import TEXT_TYPES
 from metadata_engine.messages import messages_for
 from metadata_engine.model import Entity, Field, ValidationRule
@@ -107,14 +112,33 @@ def apply_record_rules(
     )
     messages = messages_for(locale)
     errors: dict[str, list[str]] = {}
+    # Each value is converted to CEL once per record, not once per expression.
+    converted: dict[str, Any] = {}
     for field, expression in compiled.formulas:
-        value = _compute(entity, field, expression, values, messages, errors)
+        value = _compute(
+            entity, field, expression, (values, converted), messages, errors
+        )
         record[field.name] = value
         if field.name in values:
             values[field.name] = _expression_value(field, value)
+            converted.pop(field.name, None)
     for rule, expression in compiled.rules:
-        _check(entity, rule, expression, values, locale, errors)
+        _check(entity, rule, expression, (values, converted), locale, errors)
     return errors
+
+
+#: Plain values by name, and the CEL values converted from them so far.
+Inputs = tuple[Mapping[str, Any], dict[str, Any]]
+
+
+def _evaluate(entity: Entity, expression: Expression, inputs: Inputs) -> Any:
+    """Evaluate ``expression``, converting only the values not converted yet;
+    a value that cannot be converted raises ``ExpressionError``."""
+    values, converted = inputs
+    for name in expression.names:
+        if name not in converted:
+            converted[name] = to_cel(entity.name, name, values.get(name))
+    return expression.evaluate_cel({name: converted[name] for name in expression.names})
 
 
 # Compiling --------------------------------------------------------------------
@@ -187,12 +211,12 @@ def _compute(
     entity: Entity,
     field: Field,
     expression: Expression,
-    values: Mapping[str, Any],
+    inputs: Inputs,
     messages: Mapping[str, str],
     errors: dict[str, list[str]],
 ) -> Any:
     try:
-        result = expression.evaluate(values)
+        result = _evaluate(entity, expression, inputs)
     except ExpressionError as err:
         logger.warning("formula of %s.%s failed: %s", entity.name, field.name, err)
         reason = _reason(err, messages)
@@ -221,14 +245,14 @@ def _check(
     entity: Entity,
     rule: ValidationRule,
     expression: Expression,
-    values: Mapping[str, Any],
+    inputs: Inputs,
     locale: str | None,
     errors: dict[str, list[str]],
 ) -> None:
     keys = rule.fields or (RECORD_KEY,)
     messages = messages_for(locale)
     try:
-        result = expression.evaluate(values)
+        result = _evaluate(entity, expression, inputs)
     except ExpressionError as err:
         logger.warning(
             "validation rule %s of %s failed: %s", rule.name, entity.name, err
