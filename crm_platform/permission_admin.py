@@ -208,10 +208,9 @@ def save_grantee(
     new: bool = False,
     based_on: str | None = None,
 ) -> TenantRuntime:
-    """Store the role or permission set document ``name`` and apply it.
-
-    NOTE: a new role can be granted to members only once the control plane
-    accepts it: ``control.ROLES`` is still the fixed list of five roles."""
+    """Store the role or permission set document ``name`` and apply it. A
+    new role can be given to members as soon as it is applied, because
+    membership roles are the definition's roles."""
     folder = folder_of(kind)
     check_not_admin(kind, name)
     exists = document_key(folder, name) in runtime.definition.documents
