@@ -165,6 +165,58 @@ def _check_name(report: Report, pointer: str, name: str, kind: str) -> None:
             )
 
 
+def _check_dependencies(
+    report: Report,
+    entity: Document,
+    by_name: Mapping[str, Document],
+    skipped: Collection[str],
+) -> None:
+    """Check each dependent picklist: its controlling field is another
+    picklist of the entity, and every value it maps names real options."""
+    fields: list[Document] = entity["fields"]
+    for index, field in enumerate(fields):
+        dependency = field.get("depends_on")
+        if dependency is None or by_name.get(field["name"]) is not field:
+            continue
+        pointer = f"/fields/{index}/depends_on"
+        controlling = by_name.get(dependency["field"])
+        if dependency["field"] in skipped:
+            continue
+        if controlling is None or controlling["type"] != "picklist":
+            choices = sorted(
+                name for name, other in by_name.items()
+                if other["type"] == "picklist" and name != field["name"]
+            )
+            report(
+                f"{pointer}/field",
+                f"dependent picklist {field['name']!r} depends on "
+                f"{dependency['field']!r}, which is not a picklist field of "
+                f"entity {entity['name']!r}",
+                f"use one of its picklist fields: {', '.join(choices) or 'none'}",
+            )
+            continue
+        if controlling is field:
+            report(f"{pointer}/field", f"picklist {field['name']!r} depends on "
+                   "itself", "name another picklist field of the entity")
+            continue
+        controlling_values = {option["value"] for option in controlling["options"]}
+        own_values = {option["value"] for option in field["options"]}
+        for key, allowed in dependency["options"].items():
+            if key not in controlling_values:
+                report(
+                    f"{pointer}/options/{key}",
+                    f"{key!r} is not an option of {dependency['field']!r}",
+                    f"use one of: {', '.join(sorted(controlling_values))}",
+                )
+            for position, value in enumerate(allowed):
+                if value not in own_values:
+                    report(
+                        f"{pointer}/options/{key}/{position}",
+                        f"{value!r} is not an option of {field['name']!r}",
+                        f"use one of: {', '.join(sorted(own_values))}",
+                    )
+
+
 def _check_entity(
     report: Report, entity: Document, known: Collection[str], skipped: Collection[str]
 ) -> None:
@@ -187,6 +239,7 @@ def _check_entity(
         check_sensitive(report, pointer, entity["name"], field)
     fields = EntityFields(entity["name"], by_name, skipped)
     check_record_rules(report, entity, by_name, skipped)
+    _check_dependencies(report, entity, by_name, skipped)
     _check_title_field(report, entity["title_field"], fields)
     check_indexes(report, entity, fields)
     _check_sensitive_uses(report, entity, by_name)

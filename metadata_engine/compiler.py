@@ -242,6 +242,13 @@ def _compile_field(document: Mapping[str, Any], locale: str, entity: str) -> Fie
         ),
         entity=entity,
         formula=document.get("formula"),
+        depends_on=document.get("depends_on", {}).get("field"),
+        dependent_options=MappingProxyType({
+            key: tuple(allowed)
+            for key, allowed in document.get("depends_on", {})
+            .get("options", {})
+            .items()
+        }),
     )
 
 

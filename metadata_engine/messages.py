@@ -42,6 +42,10 @@ MESSAGES: Mapping[str, Mapping[str, str]] = {
         "lookup_missing": "No {entity} record has the id {input!r}.",
         "unique": "Another record already has this value.",
         "owner_not_member": "No member of this tenant has the user id {input!r}.",
+        "dependent_option": (
+            "{input!r} is not allowed when {field} is {value!r}; use one of: "
+            "{choices}."
+        ),
         "field_not_editable": (
             "Your role may not change this field; ask an admin for a role or "
             "permission set that makes it editable."
@@ -95,6 +99,9 @@ MESSAGES: Mapping[str, Mapping[str, str]] = {
         "lookup_missing": "不存在 ID 为 {input!r} 的{entity}记录。",
         "unique": "已有其他记录使用此值。",
         "owner_not_member": "本租户中没有用户 ID 为 {input!r} 的成员。",
+        "dependent_option": (
+            "{field}为 {value!r} 时不能选择 {input!r}；可选：{choices}。"
+        ),
         "field_not_editable": (
             "您的角色不能修改此字段；请管理员授予可编辑此字段的角色或权限集。"
         ),

@@ -108,6 +108,19 @@ class Field:
     #: CEL source of a formula field, computed on every write; such a field
     #: is also read-only. See ``metadata_engine.record_rules``.
     formula: str | None = None
+    #: Dependent picklist: the controlling field, and the option values each
+    #: of its values allows. See ``allowed_options``.
+    depends_on: str | None = None
+    dependent_options: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+
+    def allowed_options(self, controlling_value: Any) -> tuple[str, ...]:
+        """Return the option values allowed when the controlling field holds
+        ``controlling_value``; an empty or unlisted value allows none."""
+        if controlling_value is None:
+            return ()
+        return self.dependent_options.get(str(controlling_value), ())
 
     def option(self, value: str) -> Option | None:
         for option in self.options:

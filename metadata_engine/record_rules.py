@@ -97,9 +97,10 @@ def apply_record_rules(
     adds a message for its field instead of raising. A failed formula
     leaves its field empty.
     """
+    errors = dependency_errors(entity, record, locale)
     compiled = compiled_rules(entity)
     if not compiled.formulas and not compiled.rules:
-        return {}
+        return errors
     moment = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
     values = {
         name: _expression_value(entity.field(name), record.get(name))
@@ -111,7 +112,6 @@ def apply_record_rules(
         user={"id": user.get("id"), "role": user.get("role")},
     )
     messages = messages_for(locale)
-    errors: dict[str, list[str]] = {}
     # Each value is converted to CEL once per record, not once per expression.
     converted: dict[str, Any] = {}
     for field, expression in compiled.formulas:
@@ -341,6 +341,35 @@ def _decimal(field: Field, result: Any) -> decimal.Decimal:
 
 
 def has_record_rules(entity: Entity) -> bool:
-    """Return True if ``entity`` has formula fields or validation rules."""
+    """Return True if ``entity`` has formula fields, validation rules or
+    dependent picklists."""
     compiled = compiled_rules(entity)
-    return bool(compiled.formulas or compiled.rules)
+    dependent = any(field.depends_on for field in entity.fields)
+    return bool(compiled.formulas or compiled.rules or dependent)
+
+
+def dependency_errors(
+    entity: Entity, record: Mapping[str, Any], locale: str | None
+) -> dict[str, list[str]]:
+    """Return a message for each dependent picklist of ``record`` whose value
+    its controlling field's value does not allow."""
+    errors: dict[str, list[str]] = {}
+    messages = messages_for(locale)
+    for field in entity.fields:
+        if not field.depends_on:
+            continue
+        value = record.get(field.name)
+        chosen = value if isinstance(value, list) else [value]
+        chosen = [item for item in chosen if item not in (None, "")]
+        if not chosen:
+            continue
+        controlling = record.get(field.depends_on)
+        allowed = field.allowed_options(controlling)
+        rejected = [item for item in chosen if item not in allowed]
+        if rejected:
+            label = entity.field(field.depends_on).label.get(locale)
+            errors[field.name] = [messages["dependent_option"].format(
+                input=rejected[0], field=label, value=controlling,
+                choices=", ".join(allowed) or "-",
+            )]
+    return errors
