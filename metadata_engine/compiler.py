@@ -12,6 +12,7 @@ from typing import Any
 
 from metadata_engine import rules, values
 from metadata_engine.merge import MANIFEST_KEY, PERMISSION_DIRS, document_folder
+from metadata_engine.messages import messages_for
 from metadata_engine.model import (
     ADMIN_ROLE,
     DEFAULT_UNMASKED_ROLES,
@@ -170,10 +171,35 @@ def _compile_entity(document: Mapping[str, Any], locale: str) -> Entity:
         description=_optional_text(document.get("description"), locale),
         icon=document.get("icon"),
         indexes=indexes,
-        validation_rules=tuple(
-            _compile_validation_rule(doc, locale)
-            for doc in document.get("validation_rules", [])
+        validation_rules=(
+            *(
+                _compile_validation_rule(doc, locale)
+                for doc in document.get("validation_rules", [])
+            ),
+            *(
+                _required_rule(doc)
+                for doc in document["fields"]
+                if "required_when" in doc
+            ),
         ),
+    )
+
+
+#: Prefix of the validation rules that ``required_when`` becomes.
+REQUIRED_RULE_PREFIX = "required_when:"
+
+
+def _required_rule(field: Mapping[str, Any]) -> ValidationRule:
+    """Turn a field's ``required_when`` into a validation rule that fails
+    when the condition holds and the field is empty."""
+    name = field["name"]
+    return ValidationRule(
+        name=f"{REQUIRED_RULE_PREFIX}{name}",
+        when=f"({field['required_when']}) && {name} == null",
+        message=Text(MappingProxyType({
+            locale: messages_for(locale)["required"] for locale in ("en", "zh-CN")
+        })),
+        fields=(name,),
     )
 
 

@@ -69,7 +69,9 @@ def check_record_rules(
     existing.
     """
     rules = entity.get("validation_rules", [])
-    has_formulas = any("formula" in item for item in entity["fields"])
+    has_formulas = any(
+        "formula" in item or "required_when" in item for item in entity["fields"]
+    )
     if not rules and not has_formulas:
         return
     types: dict[str, str | None] = {name: None for name in skipped}
@@ -81,6 +83,10 @@ def check_record_rules(
     for index, item in enumerate(entity["fields"]):
         if "formula" in item and by_name.get(item["name"]) is item:
             _check_formula(context, index, item)
+        if "required_when" in item and by_name.get(item["name"]) is item:
+            subject = f"required_when of {item['name']!r}"
+            _check_condition(context, f"/fields/{index}/required_when",
+                             item["required_when"], subject)
     _check_cycles(context)
     names: set[str] = set()
     for index, rule in enumerate(rules):
@@ -171,6 +177,18 @@ def _check_rule(
                 + "name a field, or remove fields to show the message on the "
                 "whole record",
             )
+
+
+def _check_condition(
+    context: _Context, pointer: str, source: str, subject: str
+) -> None:
+    compiled = _compile(context, pointer, source, "condition")
+    if compiled is not None and compiled[1] not in (None, "bool", "null_type"):
+        context.report(
+            pointer,
+            f"{subject} returns {with_article(compiled[1])}, not a bool",
+            "write a condition that is true when the field is required",
+        )
 
 
 def _compile(
