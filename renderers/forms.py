@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
@@ -270,7 +271,16 @@ class PicklistConverter(FieldConverter):
                            **self.arguments(field, locale, mode))
 
     def html_attributes(self, field: Field) -> dict[str, Any]:
-        return {}
+        """Tell app.js which options a dependent picklist offers for each
+        value of its controlling field; the server checks them anyway."""
+        if not field.depends_on:
+            return {}
+        return {
+            "data-depends-on": input_name(field.depends_on),
+            "data-dependent-options": json.dumps(
+                {key: list(allowed) for key, allowed in field.dependent_options.items()}
+            ),
+        }
 
 
 class MultiPicklistConverter(FieldConverter):

@@ -7,13 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from flask import Flask
+from playwright.sync_api import Page
 
 from crm_platform.control import Actor
 from crm_platform.errors import RecordInvalid
 from crm_platform.records import RecordService
 from crm_platform.tenancy import Platform
 from metadata_engine.loader import compile_documents
-from tests.conftest import make_member
+from tests.conftest import ADMIN_PASSWORD, make_member
 from tests.definitions.builders import (
     documents,
     entity,
@@ -21,6 +23,7 @@ from tests.definitions.builders import (
     problems_of,
     write_folder,
 )
+from tests.plugins.browser import serve_wsgi
 
 pytestmark = pytest.mark.both_backends
 
@@ -115,3 +118,25 @@ def test_import_reports_row(service: RecordService) -> None:
     assert result.created == 1
     assert list(result.errors) == [1]
     assert "item" in result.errors[1]
+
+
+@pytest.mark.browser
+def test_form_offers_allowed_options(
+    service: RecordService, app: Flask, page: Page
+) -> None:
+    with serve_wsgi(app) as base_url:
+        page.goto(f"{base_url}/t/desk/login")
+        page.fill("#email", "admin@desk.example")
+        page.fill("#password", ADMIN_PASSWORD)
+        page.click("button[type=submit]")
+        page.goto(f"{base_url}/t/desk/ticket/new")
+        item = page.locator("select[name=f_item]")
+        page.select_option("select[name=f_category]", "software")
+        offered = item.locator("option:not([hidden])").evaluate_all(
+            "options => options.map(option => option.value)"
+        )
+        assert offered == ["", "licence"]
+        page.select_option("select[name=f_category]", "hardware")
+        page.select_option("select[name=f_item]", "phone")
+        page.select_option("select[name=f_category]", "software")
+        assert item.input_value() == ""

@@ -86,7 +86,39 @@
     });
   }
 
+  // A dependent picklist offers only the options that the value of its
+  // controlling picklist allows, and is cleared when its value stops fitting.
+  function dependentPicklists(root) {
+    root.querySelectorAll("select[data-depends-on]").forEach(function (select) {
+      var form = select.form;
+      var controlling = form && form.elements.namedItem(select.getAttribute("data-depends-on"));
+      var allowedBy;
+      try {
+        allowedBy = JSON.parse(select.getAttribute("data-dependent-options") || "{}");
+      } catch (error) {
+        return;
+      }
+      if (!controlling || !controlling.tagName || controlling.tagName !== "SELECT") {
+        return;
+      }
+      function update() {
+        var allowed = allowedBy[controlling.value] || [];
+        Array.prototype.forEach.call(select.options, function (option) {
+          var fits = option.value === "" || allowed.indexOf(option.value) !== -1;
+          option.hidden = !fits;
+          option.disabled = !fits;
+        });
+        if (select.value !== "" && allowed.indexOf(select.value) === -1) {
+          select.value = "";
+        }
+      }
+      controlling.addEventListener("change", update);
+      update();
+    });
+  }
+
   function start() {
+    dependentPicklists(document);
     colourBadges(document);
     submitOnChange(document);
     clickableRows(document);
