@@ -57,6 +57,7 @@ from .querying import (
     encode_cursor,
     keyset_after,
 )
+from .rollups import refresh_rollups
 from .tenancy import TenantRuntime
 
 log = logging.getLogger(__name__)
@@ -377,6 +378,7 @@ class RecordService:
             # Values as parameters, not .values(): the compiled INSERT is then
             # cached per set of columns instead of built for every record.
             self._execute_write(conn, entity, table.insert(), values, values)
+            self._refresh_rollups(conn, entity_name, [values])
             record = _as_stored(table, entity, values)
             entries.created(entity, record)
             entries.write(conn)
@@ -446,6 +448,7 @@ class RecordService:
             self._check_owner_change(access, before, values)
             after = _read_row(conn, table, record_id)
             assert after is not None
+            self._refresh_rollups(conn, entity_name, [before, after])
             entries.updated(entity, before, after)
             entries.write(conn)
         return access.strip(after)
@@ -471,8 +474,11 @@ class RecordService:
                 self._raise_write_rejected(conn, access, "delete", record_id, None)
             self._check_not_referenced(conn, entity_name, record_id)
             before = _read_row(conn, table, record_id)
+            cascaded: builtins.list[tuple[str, dict[str, Any]]] = []
             if before is not None:
-                self._journal_cascade(conn, entries, entity_name, [record_id])
+                self._journal_cascade(
+                    conn, entries, entity_name, [record_id], cascaded=cascaded
+                )
             statement = table.delete().where(table.c.id == record_id)
             if expected_version is not None:
                 statement = statement.where(table.c.version == expected_version)
@@ -484,6 +490,9 @@ class RecordService:
                     conn, access, "delete", record_id, expected_version
                 )
             assert before is not None
+            self._refresh_rollups(conn, entity_name, [before])
+            for other, row in cascaded:
+                self._refresh_rollups(conn, other, [row])
             entries.deleted(entity, before)
             entries.write(conn)
         log.info(
@@ -586,10 +595,15 @@ class RecordService:
             for index, values in inserts:
                 if index in written:
                     entries.created(entity, values)
+            touched: builtins.list[dict[str, Any]] = []
             for index, values in updates:
                 if index in written:
                     before = befores[values["_id"]]
-                    entries.updated(entity, before, _updated_row(before, values))
+                    after = _updated_row(before, values)
+                    entries.updated(entity, before, after)
+                    touched += [before, after]
+            touched += [values for index, values in inserts if index in written]
+            self._refresh_rollups(conn, entity_name, touched)
             entries.write(conn)
         return result
 
@@ -901,6 +915,7 @@ class RecordService:
         entity_name: str,
         record_ids: builtins.list[str],
         depth: int = 0,
+        cascaded: builtins.list[tuple[str, dict[str, Any]]] | None = None,
     ) -> None:
         """Journal what the database's ON DELETE rules will do to records
         that point at the records being deleted: cascaded deletes and lookups
@@ -926,13 +941,16 @@ class RecordService:
                     child_ids = [row["id"] for row in rows]
                     if child_ids:
                         self._journal_cascade(
-                            conn, entries, other.name, child_ids, depth + 1
+                            conn, entries, other.name, child_ids, depth + 1,
+                            cascaded,
                         )
                     for row in rows:
                         entries.deleted(other, row)
                 else:
                     for row in rows:
                         entries.updated(other, row, {**row, field.name: None})
+                if cascaded is not None:
+                    cascaded.extend((other.name, row) for row in rows)
 
     def permits(self, entity_name: str, right: str, record_id: str) -> bool:
         """Return True if the record exists and the actor may ``right`` it
@@ -967,6 +985,18 @@ class RecordService:
         if user_id == self.actor.user_id:
             return True
         return self.is_member is not None and self.is_member(user_id)
+
+    def _refresh_rollups(
+        self,
+        conn: sa.Connection,
+        entity_name: str,
+        rows: Iterable[Mapping[str, Any] | None],
+    ) -> None:
+        """Compute again the roll-ups that summarise these records of
+        ``entity_name`` (before or after a write), in the write's transaction."""
+        refresh_rollups(
+            conn, self.runtime.definition, self.runtime.tables, entity_name, rows
+        )
 
     def _check_lookup_access(
         self, conn: sa.Connection, entity: Entity, values: Mapping[str, Any]

@@ -17,6 +17,7 @@ from metadata_engine.field_checks import check_field, check_sensitive
 from metadata_engine.layout_checks import (
     EntityFields,
     Report,
+    check_filter,
     check_form,
     check_indexes,
     check_list_view,
@@ -78,6 +79,9 @@ def check_documents(
     for key, entity in entities.items():
         report = reporter.for_document(key)
         _check_entity(report, entity, known, skipped.get(entity["name"], ()))
+    by_entity = {doc["name"]: doc for doc in entities.values()}
+    for key, entity in entities.items():
+        _check_rollups(reporter.for_document(key), entity, by_entity, set(broken))
     references = References(
         entities={doc["name"]: doc for doc in entities.values()},
         broken_entities=frozenset(broken),
@@ -163,6 +167,81 @@ def _check_name(report: Report, pointer: str, name: str, kind: str) -> None:
                 "rename it; SQLite reserves names starting with sqlite_ and "
                 "PostgreSQL names starting with pg_",
             )
+
+
+#: Field types a roll-up may store, per function.
+ROLLUP_TYPES: Mapping[str, frozenset[str]] = {
+    "count": frozenset({"integer", "decimal"}),
+    "sum": frozenset({"integer", "decimal", "currency", "percent"}),
+    "min": frozenset({"integer", "decimal", "currency", "percent", "date", "datetime"}),
+    "max": frozenset({"integer", "decimal", "currency", "percent", "date", "datetime"}),
+}
+
+
+def _check_rollups(
+    report: Report,
+    entity: Document,
+    by_entity: Mapping[str, Document],
+    broken: Collection[str],
+) -> None:
+    """Check each roll-up: a related entity whose lookup points here, a
+    summarised field that fits the function, conditions like list filters."""
+    fields: list[Document] = entity["fields"]
+    for index, field in enumerate(fields):
+        rollup = field.get("rollup")
+        if rollup is None:
+            continue
+        pointer = f"/fields/{index}/rollup"
+        function = rollup["function"]
+        if field["type"] not in ROLLUP_TYPES[function]:
+            report(f"{pointer}/function",
+                   f"roll-up {field['name']!r} of type {field['type']!r} cannot "
+                   f"store a {function}",
+                   f"use a field of type {' or '.join(sorted(ROLLUP_TYPES[function]))}")
+        if rollup["entity"] in broken:
+            continue
+        child = by_entity.get(rollup["entity"])
+        if child is None:
+            report(f"{pointer}/entity",
+                   f"roll-up {field['name']!r} summarises entity "
+                   f"{rollup['entity']!r}, which does not exist",
+                   f"use one of: {', '.join(sorted(by_entity))}")
+            continue
+        child_fields = {item["name"]: item for item in child["fields"]}
+        via = child_fields.get(rollup["via"])
+        if via is None or via["type"] != "lookup" or via["target"] != entity["name"]:
+            lookups = sorted(name for name, item in child_fields.items()
+                             if item["type"] == "lookup"
+                             and item.get("target") == entity["name"])
+            report(f"{pointer}/via",
+                   f"{rollup['entity']}.{rollup['via']} is not a lookup to "
+                   f"{entity['name']!r}",
+                   f"use one of: {', '.join(lookups) or 'none; add such a lookup'}")
+            continue
+        _check_rollup_field(report, pointer, rollup, child_fields)
+        child_view = EntityFields(child["name"], child_fields, ())
+        for position, condition in enumerate(rollup.get("where", [])):
+            check_filter(report, f"{pointer}/where/{position}", condition, child_view)
+
+
+def _check_rollup_field(
+    report: Report,
+    pointer: str,
+    rollup: Document,
+    child_fields: Mapping[str, Document],
+) -> None:
+    name = rollup.get("field")
+    if rollup["function"] == "count":
+        if name is not None:
+            report(f"{pointer}/field", "a count roll-up counts records and takes "
+                   "no field", "remove field")
+        return
+    summarised = child_fields.get(name) if name else None
+    if summarised is None or summarised["type"] not in ROLLUP_TYPES[rollup["function"]]:
+        report(f"{pointer}/field",
+               f"roll-up {rollup['function']} needs a number or date field of "
+               f"{rollup['entity']!r}, not {name!r}",
+               "name a number, currency, percent or date field")
 
 
 def _check_dependencies(

@@ -33,6 +33,7 @@ from metadata_engine.model import (
     Option,
     PermissionCase,
     PermissionTest,
+    Rollup,
     RuleCase,
     RuleTest,
     SharingRule,
@@ -185,6 +186,21 @@ def _compile_entity(document: Mapping[str, Any], locale: str) -> Entity:
     )
 
 
+def _compile_rollup(document: Mapping[str, Any] | None) -> Rollup | None:
+    if document is None:
+        return None
+    return Rollup(
+        entity=document["entity"],
+        via=document["via"],
+        function=document["function"],
+        field=document.get("field"),
+        where=tuple(
+            Filter(item["field"], item["op"], _freeze(item["value"]))
+            for item in document.get("where", [])
+        ),
+    )
+
+
 #: Prefix of the validation rules that ``required_when`` becomes.
 REQUIRED_RULE_PREFIX = "required_when:"
 
@@ -230,7 +246,10 @@ def _compile_field(document: Mapping[str, Any], locale: str, entity: str) -> Fie
         unique=document.get("unique", False) or is_auto_number,
         default=_convert(field_type, document.get("default")),
         read_only=(
-            document.get("read_only", False) or is_auto_number or "formula" in document
+            document.get("read_only", False)
+            or is_auto_number
+            or "formula" in document
+            or "rollup" in document
         ),
         indexed=document.get("indexed", False),
         searchable=document.get("searchable", False),
@@ -268,6 +287,7 @@ def _compile_field(document: Mapping[str, Any], locale: str, entity: str) -> Fie
         ),
         entity=entity,
         formula=document.get("formula"),
+        rollup=_compile_rollup(document.get("rollup")),
         depends_on=document.get("depends_on", {}).get("field"),
         dependent_options=MappingProxyType({
             key: tuple(allowed)

@@ -71,6 +71,19 @@ class Option:
 
 
 @dataclass(frozen=True)
+class Rollup:
+    """``function`` (count, sum, min, max) of ``field`` over the records of
+    ``entity`` whose lookup ``via`` points at the record, among those that
+    meet every condition of ``where``."""
+
+    entity: str
+    via: str
+    function: str
+    field: str | None = None
+    where: tuple[Filter, ...] = ()
+
+
+@dataclass(frozen=True)
 class Field:
     """A field declared in metadata, with type-specific properties."""
 
@@ -111,6 +124,8 @@ class Field:
     #: Dependent picklist: the controlling field, and the option values each
     #: of its values allows. See ``allowed_options``.
     depends_on: str | None = None
+    #: Roll-up: a summary of related records stored in this read-only field.
+    rollup: Rollup | None = None
     dependent_options: Mapping[str, tuple[str, ...]] = field(
         default_factory=lambda: MappingProxyType({})
     )

@@ -1,0 +1,112 @@
+"""Roll-up fields: summaries of related records, kept current on every write.
+
+A roll-up field of a parent entity stores the count, sum, minimum or maximum
+of a field over the child records whose lookup points at the parent (for
+example the total amount of an account's won opportunities). The record
+service calls ``refresh_rollups`` in the transaction of every write of a
+child record, with the child rows before and after the write, so the
+parents they point at, before and after, are computed again from the
+database. Like Salesforce's roll-up summaries, a roll-up counts every
+child record, whoever may read it, and its changes are not journaled.
+"""
+
+from __future__ import annotations
+
+import decimal
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import sqlalchemy as sa
+
+from metadata_engine.model import Definition, Entity, Field
+
+from .querying import Condition, compile_condition
+
+#: Parents computed again per statement.
+CHUNK = 500
+
+
+def rollups_over(definition: Definition, child: str) -> list[tuple[Entity, Field]]:
+    """Return every (parent entity, roll-up field) that summarises ``child``."""
+    return [
+        (parent, field)
+        for parent in definition.entities
+        for field in parent.fields
+        if field.rollup is not None and field.rollup.entity == child
+    ]
+
+
+def refresh_rollups(
+    conn: sa.Connection,
+    definition: Definition,
+    tables: Mapping[str, sa.Table],
+    child: str,
+    rows: Iterable[Mapping[str, Any] | None],
+) -> None:
+    """Compute again the roll-ups over ``child`` of every parent that one of
+    ``rows`` (child records before or after a write) points at."""
+    pairs = rollups_over(definition, child)
+    if not pairs:
+        return
+    present = [row for row in rows if row is not None]
+    for parent, field in pairs:
+        assert field.rollup is not None
+        via = field.rollup.via
+        ids = sorted({str(row[via]) for row in present if row.get(via)})
+        for start in range(0, len(ids), CHUNK):
+            _refresh(conn, tables, parent, field, ids[start : start + CHUNK])
+
+
+def _refresh(
+    conn: sa.Connection,
+    tables: Mapping[str, sa.Table],
+    parent: Entity,
+    field: Field,
+    parent_ids: list[str],
+) -> None:
+    rollup = field.rollup
+    assert rollup is not None
+    child = tables[rollup.entity]
+    via = child.c[rollup.via]
+    if rollup.function == "count":
+        summary: Any = sa.func.count()
+    else:
+        summary = getattr(sa.func, rollup.function)(child.c[rollup.field or ""])
+    conditions = [
+        compile_condition(child, Condition(item.field, item.op, item.value))
+        for item in rollup.where
+    ]
+    statement = (
+        sa.select(via, summary.label("summary"))
+        .where(via.in_(parent_ids), *conditions)
+        .group_by(via)
+    )
+    found = {row[0]: row[1] for row in conn.execute(statement)}
+    table = tables[parent.name]
+    update = (
+        table.update()
+        .where(table.c.id == sa.bindparam("_id"))
+        .values({field.name: sa.bindparam("_value", type_=table.c[field.name].type)})
+    )
+    conn.execute(update, [
+        {"_id": parent_id, "_value": _stored(field, found.get(parent_id))}
+        for parent_id in parent_ids
+    ])
+
+
+def _stored(field: Field, value: Any) -> Any:
+    """Return the summary as the roll-up field stores it: no child record
+    counts and sums to 0, and has no minimum or maximum."""
+    rollup = field.rollup
+    assert rollup is not None
+    if value is None:
+        if rollup.function in ("count", "sum"):
+            value = 0
+        else:
+            return None
+    if field.type == "integer":
+        return int(value)
+    if field.type in ("decimal", "currency", "percent"):
+        scale = field.scale if field.scale is not None else 2
+        return decimal.Decimal(str(value)).quantize(decimal.Decimal(1).scaleb(-scale))
+    return value
