@@ -6,8 +6,8 @@ example the total amount of an account's won opportunities). The record
 service calls ``refresh_rollups`` in the transaction of every write of a
 child record, with the child rows before and after the write, so the
 parents they point at, before and after, are computed again from the
-database. Like Salesforce's roll-up summaries, a roll-up counts every
-child record, whoever may read it, and its changes are not journaled.
+database. A roll-up counts every child record, including those the reader
+may not read, and its changes are not journaled.
 """
 
 from __future__ import annotations
