@@ -24,16 +24,33 @@ from .querying import Condition, compile_condition
 
 #: Parents computed again per statement.
 CHUNK = 500
+#: Entries of the roll-up lookup cache; cleared when full, as old
+#: definitions would otherwise stay in memory.
+CACHE_SIZE = 4096
 
 
-def rollups_over(definition: Definition, child: str) -> list[tuple[Entity, Field]]:
+#: Roll-ups by (definition hash, child entity), so that a write does not scan
+#: every field of the definition; definitions are immutable.
+_BY_CHILD: dict[tuple[str, str], tuple[tuple[Entity, Field], ...]] = {}
+
+
+def rollups_over(
+    definition: Definition, child: str
+) -> tuple[tuple[Entity, Field], ...]:
     """Return every (parent entity, roll-up field) that summarises ``child``."""
-    return [
-        (parent, field)
-        for parent in definition.entities
-        for field in parent.fields
-        if field.rollup is not None and field.rollup.entity == child
-    ]
+    key = (definition.content_hash, child)
+    found = _BY_CHILD.get(key)
+    if found is None:
+        found = tuple(
+            (parent, field)
+            for parent in definition.entities
+            for field in parent.fields
+            if field.rollup is not None and field.rollup.entity == child
+        )
+        if len(_BY_CHILD) >= CACHE_SIZE:
+            _BY_CHILD.clear()
+        _BY_CHILD[key] = found
+    return found
 
 
 def refresh_rollups(

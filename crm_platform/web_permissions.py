@@ -1,5 +1,5 @@
-"""Why a member may or may not act on a record, and the pages and endpoints
-where tenant admins edit roles, permission sets and sharing rules.
+"""Access explanations for one member and one record, and the pages and
+endpoints where tenant admins edit roles, permission sets and sharing rules.
 
 ``GET /t/<tenant>/access`` (page) and ``GET /t/<tenant>/api/v1/access``
 explain each right of one member on one record with ``Access.explain``.

@@ -207,7 +207,7 @@ REQUIRED_RULE_PREFIX = "required_when:"
 
 def _required_rule(field: Mapping[str, Any]) -> ValidationRule:
     """Turn a field's ``required_when`` into a validation rule that fails
-    when the condition holds and the field is empty."""
+    when the condition is true and the field is empty."""
     name = field["name"]
     return ValidationRule(
         name=f"{REQUIRED_RULE_PREFIX}{name}",

@@ -135,8 +135,8 @@ class Expression:
 
     def evaluate_cel(self, activation: Mapping[str, Any]) -> Any:
         """Evaluate with ``activation``, which maps each name the expression
-        reads to a value already converted by ``to_cel``; this lets several
-        expressions over one record share the conversion."""
+        reads to a value already converted by ``to_cel``. Several expressions
+        over one record can then share one conversion."""
         run = self._closure or self._program.evaluate
         try:
             result = run(activation)

@@ -131,8 +131,8 @@ class Field:
     )
 
     def allowed_options(self, controlling_value: Any) -> tuple[str, ...]:
-        """Return the option values allowed when the controlling field holds
-        ``controlling_value``; an empty or unlisted value allows none."""
+        """Return the option values allowed when the controlling field is
+        ``controlling_value``. An empty or unlisted value allows none."""
         if controlling_value is None:
             return ()
         return self.dependent_options.get(str(controlling_value), ())
@@ -294,7 +294,7 @@ SCOPED_RIGHTS: tuple[str, ...] = ("read", "edit", "delete")
 SCOPES: tuple[str, ...] = ("own", "team", "subordinates", "all")
 #: Field access levels, least first; the union of grants takes the highest.
 FIELD_ACCESS: tuple[str, ...] = ("hidden", "read_only", "editable")
-#: The role that holds every right on every entity, whatever metadata says,
+#: The role with every right on every entity, whatever its metadata grants,
 #: so that a tenant cannot lock itself out of its own definition.
 ADMIN_ROLE = "admin"
 
@@ -303,9 +303,10 @@ ADMIN_ROLE = "admin"
 class EntityGrant:
     """What one role or permission set allows on one entity.
 
-    ``entity`` is an entity name or ``"*"`` for every entity. Scoped rights
-    hold the scopes they cover (empty: not granted); ``fields`` maps a field
-    name to its access level, and fields it does not name are editable.
+    ``entity`` is an entity name or ``"*"`` for every entity. Each scoped
+    right contains the scopes it covers, and is not granted when empty.
+    ``fields`` maps a field name to its access level; fields it does not
+    name are editable.
     """
 
     entity: str
@@ -365,10 +366,10 @@ class PermissionCase:
     """One expectation of a permission test.
 
     A user with ``role`` and ``permission_sets`` meets a record of ``entity``
-    holding ``values`` and owned by ``owner``: "self", "other" (a user in no
-    team with them), "team" (a team mate), "subordinate" or "manager".
-    ``action`` is a right, or "see" / "change" for ``field_name``; ``allowed`` is
-    the expected answer.
+    with ``values``, owned by ``owner``: "self", "other" (a user in no team
+    with them), "team" (a team mate), "subordinate" or "manager".
+    ``action`` is a right, or "see" / "change" for ``field_name``, and
+    ``allowed`` is the expected result.
     """
 
     description: str
