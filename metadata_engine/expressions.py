@@ -15,8 +15,10 @@ of those, and maps of text to those) and bounds the lists and texts a
 comprehension could iterate, so the cost of one evaluation is bounded by
 the expression's size times ``MAX_LIST_ITEMS``. CEL has no loops,
 assignment or I/O, and nothing here uses ``eval``. Most expressions run as
-Python closures (``expression_closures``) that call cel-python's operators
-without its tree walk.
+Python closures over plain values (``expression_closures.compile_native``).
+They hand every error and every unusual operand back to closures that call
+cel-python's operators, or to its interpreter for the forms that those do
+not compile.
 """
 
 from __future__ import annotations
@@ -35,8 +37,13 @@ from celpy import celtypes
 from celpy.evaluation import CELEvalError, boolean
 
 from metadata_engine.expression_closures import (
+    INT64_MAX,
+    INT64_MIN,
     Closure,
+    Fallback,
+    NativeClosure,
     compile_closure,
+    compile_native,
     literal_constant,
 )
 
@@ -51,6 +58,7 @@ MAX_TEXT_LENGTH = 10_000
 MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
 
 _ENVIRONMENT = celpy.Environment()
+_MIDNIGHT_UTC = dt.time(tzinfo=dt.UTC)
 
 
 #: cel-python's comparison operators, wrapped once: its own ``bool_eq`` and
@@ -121,16 +129,44 @@ class Expression:
     _program: Any = field(repr=False, compare=False)
     #: The lark parse tree, for static checks such as ``expression_types``.
     tree: lark.Tree | None = field(default=None, repr=False, compare=False)
-    #: The same expression as Python closures (``expression_closures``), or
-    #: None when it uses a form that only ``_program`` evaluates.
+    #: The same expression as Python closures over cel-python values
+    #: (``expression_closures``), or None when it uses a form that only
+    #: ``_program`` evaluates.
     _closure: Closure | None = field(default=None, repr=False, compare=False)
+    #: The same expression as closures over plain values, or None when it
+    #: uses a form that they do not compile. It raises ``Fallback`` where
+    #: cel-python must decide, and ``evaluate_plain`` then uses the others.
+    _native: NativeClosure | None = field(default=None, repr=False, compare=False)
 
     def evaluate(self, values: Mapping[str, Any]) -> Any:
         """Evaluate with ``values`` (field name to plain value) and return a
         plain Python value; names the expression reads and ``values`` lacks
         are null."""
+        return self.evaluate_plain(
+            {name: to_plain(self.source, name, values.get(name)) for name in self.names}
+        )
+
+    def evaluate_plain(self, activation: Mapping[str, Any]) -> Any:
+        """Evaluate with ``activation``, which maps each name the expression
+        reads to a value already converted by ``to_plain``, so that several
+        expressions over one record share one conversion.
+
+        The native closures run first. Where they raise ``Fallback`` (an
+        error, or operands that cel-python treats in its own way), the
+        expression runs again through cel-python's semantics, so both paths
+        return the same value or raise the same ``ExpressionError``, apart
+        from the case in the NOTE of ``expression_closures``.
+        """
+        if self._native is not None:
+            try:
+                return self._native(activation)
+            except (Fallback, KeyError):
+                pass
         return self.evaluate_cel(
-            {name: _to_cel(self.source, name, values.get(name)) for name in self.names}
+            {
+                name: _to_cel(self.source, name, activation.get(name))
+                for name in self.names
+            }
         )
 
     def evaluate_cel(self, activation: Mapping[str, Any]) -> Any:
@@ -176,7 +212,8 @@ def compile_expression(source: str, names: Collection[str]) -> Expression:
     used = _check_names(source, tree, frozenset(names))
     program = _ENVIRONMENT.program(tree, _FUNCTIONS)
     closure = compile_closure(tree, _FUNCTIONS, _LITERAL)
-    return Expression(source, used, program, tree, closure)
+    native = compile_native(tree, _LITERAL)
+    return Expression(source, used, program, tree, closure, native)
 
 
 def _check_nesting(source: str, tree: lark.Tree) -> None:
@@ -273,6 +310,81 @@ def to_cel(source: str, name: str, value: Any) -> Any:
     return _to_cel(source, name, value)
 
 
+def to_plain(source: str, name: str, value: Any) -> Any:
+    """Return ``value`` in the form ``evaluate_plain`` takes: dates become
+    datetimes at 00:00 UTC, datetimes move to UTC, decimals become floats,
+    tuples become lists and maps become dicts with text keys.
+
+    Raises ``ExpressionError``, naming ``source`` and the field ``name``, for
+    a value that is not plain, an int outside int64, or a text, list or map
+    longer than an expression may read.
+    """
+    if value is None or value is True or value is False:
+        return value
+    kind = type(value)
+    if kind is dt.date:
+        return dt.datetime.combine(value, _MIDNIGHT_UTC)
+    if kind is str:
+        return _checked_text(source, name, value)
+    if kind is int:
+        return _checked_int(source, name, value)
+    if kind is float:
+        return value
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return _checked_int(source, name, int(value))
+    if isinstance(value, float | decimal.Decimal):
+        return float(value)
+    if isinstance(value, str):
+        return _checked_text(source, name, value[:])
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC)
+    if isinstance(value, dt.date):
+        return dt.datetime.combine(value, _MIDNIGHT_UTC)
+    if isinstance(value, Mapping):
+        _check_items(source, name, len(value), "entries")
+        return {str(key): to_plain(source, name, item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        _check_items(source, name, len(value), "items")
+        return [to_plain(source, name, item) for item in value]
+    raise _not_plain(source, name, value)
+
+
+def _checked_text(source: str, name: str, value: str) -> str:
+    if len(value) > MAX_TEXT_LENGTH:
+        raise ExpressionError(
+            f"field {name!r} has {len(value)} characters, more than "
+            f"{MAX_TEXT_LENGTH} that an expression may read", source,
+        )
+    return value
+
+
+def _checked_int(source: str, name: str, value: int) -> int:
+    if INT64_MIN <= value <= INT64_MAX:
+        return value
+    raise ExpressionError(
+        f"field {name!r} contains {value!r}, outside the 64-bit range of CEL "
+        "ints; store it in a decimal field", source,
+    )
+
+
+def _check_items(source: str, name: str, count: int, unit: str) -> None:
+    if count > MAX_LIST_ITEMS:
+        raise ExpressionError(
+            f"field {name!r} has {count} {unit}, more than "
+            f"{MAX_LIST_ITEMS} that an expression may read", source,
+        )
+
+
+def _not_plain(source: str, name: str, value: Any) -> ExpressionError:
+    return ExpressionError(
+        f"field {name!r} contains a {type(value).__name__}, which expressions "
+        "cannot read; pass text, numbers, booleans, dates, lists or maps of "
+        "text to these", source,
+    )
+
+
 def _to_cel(source: str, name: str, value: Any) -> Any:
     """Return ``value`` as a CEL value; only plain values are accepted."""
     if value is None:
@@ -280,7 +392,7 @@ def _to_cel(source: str, name: str, value: Any) -> Any:
     if isinstance(value, bool):
         return celtypes.BoolType(value)
     if isinstance(value, int):
-        return celtypes.IntType(value)
+        return celtypes.IntType(_checked_int(source, name, int(value)))
     if isinstance(value, float | decimal.Decimal):
         # NOTE: CEL has no decimal type, so decimals compare as doubles;
         # amounts beyond 15 significant digits lose precision here.
