@@ -26,6 +26,7 @@ from metadata_engine.layout_checks import (
 from metadata_engine.merge import MANIFEST_KEY, document_folder, is_entity_key
 from metadata_engine.model import SYSTEM_COLUMNS
 from metadata_engine.permission_checks import References, check_permissions
+from metadata_engine.process_checks import check_processes
 from metadata_engine.record_rule_checks import check_record_rules
 from metadata_engine.rule_test_checks import check_rule_tests
 
@@ -94,6 +95,16 @@ def check_documents(
         _in_folder(documents, "rule_tests"),
         _in_folder(documents, "roles"),
         references,
+    )
+    processes = {
+        **_in_folder(documents, "workflows"),
+        **_in_folder(documents, "automations"),
+    }
+    check_processes(
+        reporter.for_document,
+        processes,
+        references,
+        [doc["name"] for doc in _in_folder(documents, "roles").values()],
     )
     return reporter.problems
 

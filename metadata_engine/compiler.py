@@ -40,6 +40,7 @@ from metadata_engine.model import (
     Text,
     ValidationRule,
 )
+from metadata_engine.process_compiler import compile_automation, compile_workflow
 
 #: Keys that only matter while loading and are dropped from stored documents.
 LOADING_KEYS = ("$schema", "extends", "extend")
@@ -101,6 +102,12 @@ def compile_definition(documents: Mapping[str, Any]) -> Definition:
             for doc in folders["permission_tests"]
         ),
         rule_tests=tuple(_compile_rule_test(doc) for doc in folders["rule_tests"]),
+        workflows=tuple(
+            compile_workflow(doc, locale) for doc in folders["workflows"]
+        ),
+        automations=tuple(
+            compile_automation(doc, locale) for doc in folders["automations"]
+        ),
     )
 
 
@@ -295,6 +302,9 @@ def _compile_field(document: Mapping[str, Any], locale: str, entity: str) -> Fie
             .get("options", {})
             .items()
         }),
+        default_expr=document.get("default_expr"),
+        read_only_when=document.get("read_only_when"),
+        visible_when=document.get("visible_when"),
     )
 
 

@@ -168,12 +168,13 @@ def _check_flags(report: Report, pointer: str, field: Mapping[str, Any]) -> None
                     "stored as a JSON list",
                     f"remove {flag!r}",
                 )
-    if field.get("required") and field.get("read_only") and "default" not in field:
+    has_default = "default" in field or "default_expr" in field
+    if field.get("required") and field.get("read_only") and not has_default:
         report(
             f"{pointer}/read_only",
             f"field {name!r} is required and read-only but has no default, so no "
             "user can create a record",
-            "give it a default, or drop required or read_only",
+            "give it a default or a default_expr, or drop required or read_only",
         )
 
 

@@ -18,14 +18,17 @@ from metadata_engine.errors import Problem
 MANIFEST_KEY = "definition.json"
 ENTITIES_DIR = "entities"
 #: Folders of documents next to entities/, with one NAME.json per role,
-#: permission set, sharing rule, permission test or rule test. Rule tests are
-#: not about permissions but load, merge and replace by name the same way.
+#: permission set, sharing rule, permission test, rule test, workflow or
+#: automation rule. The last three are not about permissions but load, merge
+#: and replace by name the same way.
 PERMISSION_DIRS: tuple[str, ...] = (
     "roles",
     "permission_sets",
     "sharing_rules",
     "permission_tests",
     "rule_tests",
+    "workflows",
+    "automations",
 )
 
 #: Entity properties that an extension replaces when it sets them.

@@ -50,6 +50,15 @@ MESSAGES: Mapping[str, Mapping[str, str]] = {
             "Your role may not change this field; ask an admin for a role or "
             "permission set that makes it editable."
         ),
+        "required_for_transition": "Required to {transition}.",
+        "state_initial": (
+            "A new record starts in state {state}; leave this field empty and "
+            "use the workflow's buttons to move it on."
+        ),
+        "state_by_transition": (
+            "This field changes only through the workflow's transitions; use "
+            "one of the buttons on the record's page."
+        ),
         "owner_not_changeable": (
             "Your role may not give records to other users; leave the owner "
             "out, or ask someone with the change-owner right."
@@ -64,6 +73,15 @@ MESSAGES: Mapping[str, Mapping[str, str]] = {
         "formula_failed": (
             "This value could not be computed: {reason}. Ask an administrator to "
             "correct the formula."
+        ),
+        "default_failed": (
+            "The default value could not be computed: {reason}. Ask an "
+            "administrator to correct the field's default_expr."
+        ),
+        "read_only_while": "This field is read-only while {condition} is true.",
+        "read_only_failed": (
+            "Whether this field is read-only could not be checked: {reason}. Ask "
+            "an administrator to correct the field's read_only_when."
         ),
         "reason_type": "a value is empty or has a type the expression cannot use",
         "reason_division": "it divides by zero",
@@ -105,6 +123,11 @@ MESSAGES: Mapping[str, Mapping[str, str]] = {
         "field_not_editable": (
             "您的角色不能修改此字段；请管理员授予可编辑此字段的角色或权限集。"
         ),
+        "required_for_transition": "执行「{transition}」前必须填写。",
+        "state_initial": "新记录从状态 {state} 开始；请留空此字段，再用流程按钮推进。",
+        "state_by_transition": (
+            "此字段只能通过流程的状态转换修改；请使用记录页面上的按钮。"
+        ),
         "owner_not_changeable": (
             "您的角色不能把记录转给其他用户；请不填写负责人，"
             "或请有更改负责人权限的人操作。"
@@ -112,6 +135,13 @@ MESSAGES: Mapping[str, Mapping[str, str]] = {
         "record_not_editable": "已有使用此键值的记录，您的角色不能修改它。",
         "rule_failed": "无法检查校验规则 {rule!r}：{reason}。请管理员修正该规则。",
         "formula_failed": "无法计算此值：{reason}。请管理员修正该公式。",
+        "default_failed": (
+            "无法计算默认值：{reason}。请管理员修正该字段的 default_expr。"
+        ),
+        "read_only_while": "当 {condition} 为真时，此字段为只读。",
+        "read_only_failed": (
+            "无法检查此字段是否只读：{reason}。请管理员修正该字段的 read_only_when。"
+        ),
         "reason_type": "某个值为空，或其类型不能用于该表达式",
         "reason_division": "表达式除以零",
         "reason_result": "结果 {value!r} 不是有效的 {type} 值",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
@@ -129,6 +129,13 @@ class Field:
     dependent_options: Mapping[str, tuple[str, ...]] = field(
         default_factory=lambda: MappingProxyType({})
     )
+    #: CEL sources of the field's expression options, evaluated by
+    #: ``record_rules``: the value a create stores when the input gives none,
+    #: the condition on the stored record that blocks changes, and the
+    #: condition that shows the field in forms and on detail pages.
+    default_expr: str | None = None
+    read_only_when: str | None = None
+    visible_when: str | None = None
 
     def allowed_options(self, controlling_value: Any) -> tuple[str, ...]:
         """Return the option values allowed when the controlling field is
@@ -425,6 +432,113 @@ class RuleTest:
 
 
 @dataclass(frozen=True)
+class Action:
+    """One step of an automation rule or a workflow transition.
+
+    ``kind`` is set_fields, assign_owner, create_record, notify, webhook or
+    transition.
+    ``values`` maps field names to CEL expressions (set_fields and
+    create_record); ``user`` is a CEL expression giving a user id
+    (assign_owner, or one recipient of notify). ``entity`` and ``alias`` are
+    the created record's entity and the name later actions read it by.
+    ``recipients`` holds notify's ``owner``, ``manager_of`` and ``roles``.
+    """
+
+    kind: str
+    values: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    user: str | None = None
+    entity: str | None = None
+    alias: str | None = None
+    recipients: Mapping[str, Any] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    message: Text | None = None
+    endpoint: str | None = None
+    event: str | None = None
+    #: webhook: the ``as`` name of a created record to send instead of the
+    #: triggering record.
+    record: str | None = None
+    #: transition: the name of the workflow transition to take.
+    transition: str | None = None
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """When an automation rule runs: on create, update (only when one of
+    ``fields`` changes, if given), delete, or ``offset`` after the value of
+    ``date_field`` (time)."""
+
+    on: str
+    fields: tuple[str, ...] = ()
+    date_field: str | None = None
+    offset: timedelta = timedelta(0)
+
+
+@dataclass(frozen=True)
+class Automation:
+    """Actions that run when records of ``entity`` change or a time comes,
+    if the ``when`` condition (CEL) holds."""
+
+    name: str
+    label: Text
+    entity: str
+    trigger: Trigger
+    actions: tuple[Action, ...]
+    when: str | None = None
+    active: bool = True
+
+
+@dataclass(frozen=True)
+class Approval:
+    """``required`` approvals among the eligible approvers: the manager of
+    the user in field ``manager_of`` and the members holding ``roles``."""
+
+    required: int = 1
+    manager_of: str | None = None
+    roles: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A move of a workflow's state from one of ``sources`` to ``target``."""
+
+    name: str
+    label: Text
+    sources: tuple[str, ...]
+    target: str
+    roles: tuple[str, ...] = ()
+    when: str | None = None
+    guard_message: Text | None = None
+    required_fields: tuple[str, ...] = ()
+    actions: tuple[Action, ...] = ()
+    approval: Approval | None = None
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """A state machine over the picklist ``field`` of ``entity``."""
+
+    name: str
+    label: Text
+    entity: str
+    field: str
+    initial: str
+    transitions: tuple[Transition, ...]
+
+    def transition(self, name: str) -> Transition | None:
+        for transition in self.transitions:
+            if transition.name == name:
+                return transition
+        return None
+
+    def leading_to(self, state: str, source: str | None) -> tuple[Transition, ...]:
+        """Return the transitions from ``source`` to ``state``."""
+        return tuple(
+            t for t in self.transitions if t.target == state and source in t.sources
+        )
+
+
+@dataclass(frozen=True)
 class Definition:
     """A whole compiled tenant definition, identified by its content hash."""
 
@@ -445,6 +559,8 @@ class Definition:
     sharing_rules: tuple[SharingRule, ...] = ()
     permission_tests: tuple[PermissionTest, ...] = ()
     rule_tests: tuple[RuleTest, ...] = ()
+    workflows: tuple[Workflow, ...] = ()
+    automations: tuple[Automation, ...] = ()
     _by_name: Mapping[str, Entity] = field(
         default_factory=lambda: MappingProxyType({}), repr=False, compare=False
     )
@@ -481,6 +597,18 @@ class Definition:
 
     def sharing_rules_for(self, entity: str) -> tuple[SharingRule, ...]:
         return tuple(rule for rule in self.sharing_rules if rule.entity == entity)
+
+    def workflows_for(self, entity: str) -> tuple[Workflow, ...]:
+        return tuple(w for w in self.workflows if w.entity == entity)
+
+    def automations_for(self, entity: str, on: str) -> tuple[Automation, ...]:
+        """Return the active automation rules of ``entity`` with trigger
+        ``on``, in name order."""
+        return tuple(
+            rule
+            for rule in self.automations
+            if rule.entity == entity and rule.trigger.on == on and rule.active
+        )
 
     def referencing(self, target: str) -> tuple[tuple[Entity, Field], ...]:
         """Return every (entity, lookup field) pair that points at ``target``."""

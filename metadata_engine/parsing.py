@@ -38,6 +38,8 @@ GRANTEE_SCHEMA = "grantee.schema.json"
 SHARING_RULE_SCHEMA = "sharing_rule.schema.json"
 PERMISSION_TEST_SCHEMA = "permission_test.schema.json"
 RULE_TEST_SCHEMA = "rule_test.schema.json"
+WORKFLOW_SCHEMA = "workflow.schema.json"
+AUTOMATION_SCHEMA = "automation.schema.json"
 #: The schema of each permission folder, and the noun for one of its documents.
 PERMISSION_SCHEMAS: dict[str, tuple[str, str]] = {
     "roles": (GRANTEE_SCHEMA, "role"),
@@ -45,6 +47,8 @@ PERMISSION_SCHEMAS: dict[str, tuple[str, str]] = {
     "sharing_rules": (SHARING_RULE_SCHEMA, "sharing rule"),
     "permission_tests": (PERMISSION_TEST_SCHEMA, "permission test"),
     "rule_tests": (RULE_TEST_SCHEMA, "rule test"),
+    "workflows": (WORKFLOW_SCHEMA, "workflow"),
+    "automations": (AUTOMATION_SCHEMA, "automation rule"),
 }
 #: Singular nouns for the items of the lists of permission documents.
 _PERMISSION_ITEM_NOUNS = {
@@ -56,6 +60,10 @@ _PERMISSION_ITEM_NOUNS = {
     "teams": "team",
     "cases": "case",
     "permission_sets": "permission set",
+    "transitions": "transition",
+    "actions": "action",
+    "from": "state",
+    "required_fields": "field",
 }
 
 _FIELD_POINTER = re.compile(r"/fields/(\d+)(?:/|$)")

@@ -1,4 +1,6 @@
-"""Load-time checks of validation rules and formula fields of one entity.
+"""Load-time checks of the validation rules, formula fields and field
+expression options (``required_when``, ``default_expr``, ``read_only_when``,
+``visible_when``) of one entity.
 
 Every expression is compiled here, so that a definition with a bad rule or
 formula is rejected with its file and JSON pointer before any record is
@@ -44,6 +46,23 @@ FORMULA_RESULTS: Mapping[str, frozenset[str]] = {
 }
 #: Field properties that make no sense on a computed field.
 FORMULA_CONFLICTS: tuple[str, ...] = ("default", "required")
+#: CEL result types that ``default_expr`` may return for each field type:
+#: those of formulas, plus the text-like and list types a user can type in.
+DEFAULT_RESULTS: Mapping[str, frozenset[str]] = {
+    **FORMULA_RESULTS,
+    "email": frozenset({"string"}),
+    "phone": frozenset({"string"}),
+    "url": frozenset({"string"}),
+    "picklist": frozenset({"string"}),
+    "multi_picklist": frozenset({"list"}),
+}
+#: Field properties whose value is a CEL expression.
+EXPRESSION_KEYS: tuple[str, ...] = (
+    "formula", "required_when", "default_expr", "read_only_when", "visible_when",
+)
+#: Field properties that make a field read-only whatever ``read_only_when``
+#: says.
+ALWAYS_READ_ONLY: tuple[str, ...] = ("read_only", "formula", "rollup")
 
 
 @dataclass
@@ -70,7 +89,7 @@ def check_record_rules(
     """
     rules = entity.get("validation_rules", [])
     has_formulas = any(
-        "formula" in item or "required_when" in item for item in entity["fields"]
+        key in item for item in entity["fields"] for key in EXPRESSION_KEYS
     )
     if not rules and not has_formulas:
         return
@@ -87,6 +106,8 @@ def check_record_rules(
             subject = f"required_when of {item['name']!r}"
             _check_condition(context, f"/fields/{index}/required_when",
                              item["required_when"], subject)
+        if by_name.get(item["name"]) is item:
+            _check_field_expressions(context, index, item)
     _check_cycles(context)
     names: set[str] = set()
     for index, rule in enumerate(rules):
@@ -180,14 +201,91 @@ def _check_rule(
 
 
 def _check_condition(
-    context: _Context, pointer: str, source: str, subject: str
+    context: _Context,
+    pointer: str,
+    source: str,
+    subject: str,
+    hint: str = "write a condition that is true when the field is required",
 ) -> None:
     compiled = _compile(context, pointer, source, "condition")
     if compiled is not None and compiled[1] not in (None, "bool", "null_type"):
         context.report(
             pointer,
             f"{subject} returns {with_article(compiled[1])}, not a bool",
-            "write a condition that is true when the field is required",
+            hint,
+        )
+
+
+def _check_field_expressions(context: _Context, index: int, item: Document) -> None:
+    """Report the problems of ``default_expr``, ``read_only_when`` and
+    ``visible_when`` of one field."""
+    pointer = f"/fields/{index}"
+    name = item["name"]
+    if "default_expr" in item:
+        _check_default_expr(context, pointer, item)
+    if "read_only_when" in item:
+        fixed = [key for key in ALWAYS_READ_ONLY if item.get(key)]
+        if item["type"] == "auto_number":
+            fixed.append("type auto_number")
+        if fixed:
+            context.report(
+                f"{pointer}/read_only_when",
+                f"field {name!r} is always read-only because of {fixed[0]!r}, so "
+                "its read_only_when has no effect",
+                f"remove read_only_when, or remove {fixed[0]!r}",
+            )
+        else:
+            _check_condition(
+                context, f"{pointer}/read_only_when", item["read_only_when"],
+                f"read_only_when of {name!r}",
+                "write a condition that is true while the field may not change",
+            )
+    if "visible_when" in item:
+        _check_condition(
+            context, f"{pointer}/visible_when", item["visible_when"],
+            f"visible_when of {name!r}",
+            "write a condition that is true when the form shows the field",
+        )
+
+
+def _check_default_expr(context: _Context, pointer: str, item: Document) -> None:
+    name, field_type = item["name"], item["type"]
+    where = f"{pointer}/default_expr"
+    if "default" in item:
+        context.report(
+            where,
+            f"field {name!r} has both default and default_expr",
+            "keep default for a fixed value or default_expr for a computed one",
+        )
+        return
+    computed = [key for key in ("formula", "rollup") if key in item]
+    if computed:
+        context.report(
+            where,
+            f"field {name!r} has a {computed[0]} and default_expr, but its value "
+            "is always computed",
+            f"remove default_expr, or remove the {computed[0]}",
+        )
+        return
+    accepted = DEFAULT_RESULTS.get(field_type)
+    if accepted is None:
+        context.report(
+            where,
+            f"field {name!r} of type {field_type!r} cannot have default_expr",
+            "use default_expr on one of the types " + ", ".join(DEFAULT_RESULTS),
+        )
+        return
+    compiled = _compile(context, where, item["default_expr"], "default_expr")
+    if compiled is None:
+        return
+    result = compiled[1]
+    if result is not None and result != "null_type" and result not in accepted:
+        context.report(
+            where,
+            f"default_expr of field {name!r} returns {with_article(result)}, which "
+            f"a {field_type!r} field cannot store",
+            f"make default_expr return a {' or '.join(sorted(accepted))}, or "
+            "change the field type",
         )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
+from referencing import Registry, Resource
 
 from metadata_engine.errors import Problem
 
@@ -68,7 +69,19 @@ def load_schema(file_name: str) -> dict[str, Any]:
 
 @cache
 def _validator(file_name: str) -> Draft202012Validator:
-    return Draft202012Validator(load_schema(file_name))
+    return Draft202012Validator(load_schema(file_name), registry=_registry())
+
+
+@cache
+def _registry() -> Registry:
+    """Every schema of the package by its ``$id``, so that one schema can
+    refer to the definitions of another (workflows use the actions of
+    automations)."""
+    resources = []
+    for path in sorted(SCHEMA_DIR.glob("*.schema.json")):
+        schema = load_schema(path.name)
+        resources.append((schema["$id"], Resource.from_contents(schema)))
+    return Registry().with_resources(resources)
 
 
 @cache

@@ -131,6 +131,8 @@ def build_service_tables(metadata: sa.MetaData) -> None:
             sa.Index("ix__journal_at", "at"),
         )
     build_access_tables(metadata)
+    build_process_tables(metadata)
+    build_webhook_tables(metadata)
     if "_metadata" not in metadata.tables:
         sa.Table(
             "_metadata",
@@ -206,4 +208,126 @@ def build_access_tables(metadata: sa.MetaData) -> None:
         sa.Index("ix__shares_record", "entity", "record_id"),
         sa.Index("ix__shares_user", "user_id"),
         sa.Index("ix__shares_team", "team_id"),
+    )
+
+
+def build_process_tables(metadata: sa.MetaData) -> None:
+    """Add the tenant data that workflows and automation rules write: the
+    history of transitions, approval requests, the time triggers that have
+    run and users' in-app notifications."""
+    if "_transitions" in metadata.tables:
+        return
+    sa.Table(
+        "_transitions",
+        metadata,
+        sa.Column("id", sa.String(36), primary_key=True),
+        sa.Column("entity", sa.String(64), nullable=False),
+        sa.Column("record_id", sa.String(36), nullable=False),
+        sa.Column("workflow", sa.String(64), nullable=False),
+        sa.Column("transition", sa.String(64), nullable=False),
+        sa.Column("from_state", sa.String(255)),
+        sa.Column("to_state", sa.String(255), nullable=False),
+        sa.Column("actor_id", sa.String(36)),
+        sa.Column("at", UTCDateTime(), nullable=False),
+        sa.Column("comment", sa.Text()),
+        sa.Column("approvers", sa.JSON()),
+        sa.Index("ix__transitions_record", "entity", "record_id", "at"),
+    )
+    sa.Table(
+        "_approval_requests",
+        metadata,
+        sa.Column("id", sa.String(36), primary_key=True),
+        sa.Column("entity", sa.String(64), nullable=False),
+        sa.Column("record_id", sa.String(36), nullable=False),
+        sa.Column("workflow", sa.String(64), nullable=False),
+        sa.Column("transition", sa.String(64), nullable=False),
+        sa.Column("requested_by", sa.String(36), nullable=False),
+        sa.Column("requested_at", UTCDateTime(), nullable=False),
+        sa.Column("comment", sa.Text()),
+        sa.Column("input", sa.JSON(), nullable=False),
+        sa.Column("required", sa.Integer(), nullable=False),
+        sa.Column("approvers", sa.JSON(), nullable=False),
+        sa.Column("decisions", sa.JSON(), nullable=False),
+        sa.Column("status", sa.String(12), nullable=False),
+        sa.Column("decided_at", UTCDateTime()),
+        sa.Index("ix__approval_requests_record", "entity", "record_id", "status"),
+        sa.Index("ix__approval_requests_status", "status", "requested_at"),
+    )
+    sa.Table(
+        "_automation_runs",
+        metadata,
+        # One row per rule and record: the record service deletes it when
+        # the date changes (a renewed contract), so the rule comes due again.
+        sa.Column("automation", sa.String(64), primary_key=True),
+        sa.Column("record_id", sa.String(36), primary_key=True),
+        sa.Column("fire_key", sa.String(40), nullable=False),
+        sa.Column("at", UTCDateTime(), nullable=False),
+        sa.Column("outcome", sa.String(8), nullable=False),
+    )
+    sa.Table(
+        "_notifications",
+        metadata,
+        sa.Column("id", sa.String(36), primary_key=True),
+        sa.Column("user_id", sa.String(36), nullable=False),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.Column("entity", sa.String(64)),
+        sa.Column("record_id", sa.String(36)),
+        sa.Column("source", sa.String(64)),
+        sa.Column("message", sa.JSON(), nullable=False),
+        sa.Column("read_at", UTCDateTime()),
+        sa.Index("ix__notifications_user", "user_id", "read_at", "created_at"),
+    )
+
+
+def build_webhook_tables(metadata: sa.MetaData) -> None:
+    """Add ``_webhook_endpoints``, ``_webhook_outbox`` and
+    ``_webhook_deliveries`` to ``metadata``, unless they are there already."""
+    if "_webhook_endpoints" in metadata.tables:
+        return
+    sa.Table(
+        "_webhook_endpoints",
+        metadata,
+        sa.Column("id", sa.String(36), primary_key=True),
+        sa.Column("name", sa.String(63), nullable=False, unique=True),
+        sa.Column("url", sa.Text(), nullable=False),
+        # ``KeyRing.encrypt`` output, bound to the endpoint's name.
+        sa.Column("secret", sa.Text(), nullable=False),
+        sa.Column("active", sa.Boolean(), nullable=False),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+    )
+    sa.Table(
+        "_webhook_outbox",
+        metadata,
+        sa.Column("id", sa.String(36), primary_key=True),
+        sa.Column("endpoint", sa.String(63), nullable=False),
+        sa.Column("event", sa.String(120), nullable=False),
+        sa.Column("payload", sa.JSON(), nullable=False),
+        sa.Column("journal_seq", sa.BigInteger()),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.Column("status", sa.String(10), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("next_attempt_at", UTCDateTime(), nullable=False),
+        # Set while a worker sends the row; another worker may claim the row
+        # once this time has passed.
+        sa.Column("lease_until", UTCDateTime()),
+        sa.Column("last_error", sa.Text()),
+        sa.Column("delivered_at", UTCDateTime()),
+        sa.Index("ix__webhook_outbox_due", "status", "next_attempt_at"),
+        sa.Index("ix__webhook_outbox_endpoint", "endpoint", "status"),
+    )
+    sa.Table(
+        "_webhook_deliveries",
+        metadata,
+        sa.Column("id", sa.String(36), primary_key=True),
+        sa.Column("outbox_id", sa.String(36)),
+        sa.Column("endpoint", sa.String(63), nullable=False),
+        sa.Column("event", sa.String(120), nullable=False),
+        sa.Column("attempt", sa.Integer()),
+        sa.Column("status", sa.String(10), nullable=False),
+        sa.Column("status_code", sa.Integer()),
+        sa.Column("duration_ms", sa.Integer()),
+        sa.Column("error", sa.Text()),
+        sa.Column("at", UTCDateTime(), nullable=False),
+        sa.Index("ix__webhook_deliveries_at", "at"),
+        sa.Index("ix__webhook_deliveries_outbox", "outbox_id"),
     )

@@ -61,7 +61,9 @@ class RecordSchema(Schema):
             ):
                 continue
             missing = field.name not in data
-            if missing and (partial or field.default is not None):
+            if missing and (
+                partial or field.default is not None or field.default_expr
+            ):
                 continue
             value = data.get(field.name)
             if value is None or value == "" or value == []:
