@@ -14,7 +14,7 @@ import logging
 import math
 import re
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -868,6 +868,22 @@ class ControlPlane:
         with self.engine.connect() as conn:
             user_id = conn.execute(query).scalar()
         return self.actor(tenant, user_id) if user_id else None
+
+    def members_with_roles(self, tenant: Tenant, roles: Collection[str]) -> list[str]:
+        """Return the ids of the active members of ``tenant`` holding one of
+        ``roles``, in a stable order."""
+        query = (
+            sa.select(users.c.id)
+            .join(memberships, memberships.c.user_id == users.c.id)
+            .where(
+                memberships.c.tenant_id == tenant.id,
+                memberships.c.role.in_(list(roles)),
+                users.c.is_active.is_(True),
+            )
+            .order_by(users.c.id)
+        )
+        with self.engine.connect() as conn:
+            return [str(user_id) for user_id in conn.execute(query).scalars()]
 
     def authenticate(
         self, tenant: Tenant, email: str, password: str, client_address: str = ""

@@ -156,6 +156,9 @@ class Journal:
         self._columns: dict[str, list[tuple[str, bool]]] = {}
         self._sensitive: dict[str, dict[str, bool]] = {}
         self._reserved: list[int] = []
+        #: The number of the last entry written for each record id, so that
+        #: what a write triggers (a webhook call) can name its entry.
+        self.sequences: dict[str, int] = {}
 
     def start(self, conn: sa.Connection, expected: int = 0) -> None:
         """Lock the journal counter as the transaction's first statement,
@@ -282,6 +285,7 @@ class Journal:
             return
         for number, row in zip(numbers, self.rows, strict=False):
             row["seq"] = number
+            self.sequences[row["record_id"]] = number
         conn.execute(JOURNAL.insert(), self.rows)
         self.rows = []
 

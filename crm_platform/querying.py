@@ -223,7 +223,9 @@ def conditions_from_filters(
     return [Condition(item.field, item.op, item.value) for item in filters]
 
 
-def compile_condition(table: sa.Table, condition: Condition) -> sa.ColumnElement[bool]:
+def compile_condition(
+    table: sa.FromClause, condition: Condition
+) -> sa.ColumnElement[bool]:
     column = table.c[condition.field]
     value = condition.value
     op = condition.op

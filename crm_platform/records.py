@@ -17,7 +17,7 @@ import datetime as dt
 import decimal
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,16 +26,19 @@ from marshmallow import ValidationError
 from uuid_utils import uuid7
 
 from metadata_engine.messages import messages_for
-from metadata_engine.model import SYSTEM_COLUMNS, Entity, Field
+from metadata_engine.model import ADMIN_ROLE, SYSTEM_COLUMNS, Entity, Field
 from metadata_engine.record_rules import (
     apply_record_rules,
+    field_expressions,
+    fill_default_expressions,
     formula_fields,
     has_record_rules,
+    read_only_errors,
 )
 from metadata_engine.tables import build_service_tables
 from metadata_engine.validation import WRITABLE_SYSTEM_COLUMNS
 
-from . import journal
+from . import automation, journal
 from .access import Access, Principal, access_for, load_principal
 from .control import Actor
 from .errors import (
@@ -118,15 +121,19 @@ class RecordService:
         locale: str = "en",
         is_member: Callable[[str], bool] | None = None,
         request_id: str | None = None,
+        role_members: Callable[[Collection[str]], builtins.list[str]] | None = None,
     ) -> None:
         """``is_member`` checks whether a user id belongs to a member of the
         tenant; without it, records can only be owned by ``actor``.
-        ``request_id`` goes into the journal entries of this service's writes."""
+        ``role_members`` lists the members holding some roles, for workflow
+        approvers and notifications. ``request_id`` goes into the journal
+        entries of this service's writes."""
         self.runtime = runtime
         self.actor = actor
         self.locale = locale
         self.messages = messages_for(locale)
         self.is_member = is_member
+        self.role_members = role_members
         self.request_id = request_id
         self._principal: Principal | None = None
         self._access: dict[str, Access] = {}
@@ -360,32 +367,73 @@ class RecordService:
     # Writes
 
     def create(self, entity_name: str, data: Mapping[str, Any]) -> dict[str, Any]:
-        self._check_writable()
+        self.check_writable()
         access = self.require(entity_name, "create")
         entity = access.entity
         values = self._load(entity, data, partial=False, access=access)
-        self._fill_new(entity, values, dt.datetime.now(dt.UTC))
-        self._apply_rules(entity, values)
-        table = self.runtime.tables[entity_name]
         entries = self._journal()
         with self.runtime.engine.begin() as conn:
             entries.start(conn, expected=1)
             self._check_quota(conn, 1)
             self._check_lookup_access(conn, entity, values)
-            for field in entity.fields:
-                if field.type == "auto_number":
-                    values[field.name] = _next_number(conn, entity, field)
-            # Values as parameters, not .values(): the compiled INSERT is then
-            # cached per set of columns instead of built for every record.
-            self._execute_write(conn, entity, table.insert(), values, values)
-            self._refresh_rollups(conn, entity_name, [values])
-            record = _as_stored(table, entity, values)
-            entries.created(entity, record)
-            entries.write(conn)
+            run = automation.Run(self, conn, entries, dt.datetime.now(dt.UTC))
+            record = self._insert(run, entity, values)
         log.info(
             "created %s %s in tenant %s", entity_name, values["id"], self.runtime.slug
         )
         return access.strip(record)
+
+    def create_in_run(
+        self,
+        run: automation.Run,
+        entity: Entity,
+        data: Mapping[str, Any],
+        owner: str,
+    ) -> dict[str, Any]:
+        """Create a record for an automation action or a workflow transition,
+        in ``run``'s transaction and in system context; ``owner`` names the
+        rule in errors."""
+        access = self.system_access(entity.name)
+        try:
+            values = self._load(entity, data, partial=False, access=access)
+        except RecordInvalid as err:
+            raise RecordInvalid(
+                f"{owner} creates an invalid {entity.name}: {err.message}; correct "
+                "the rule's values",
+                details=err.details,
+            ) from err
+        self._check_quota(run.conn, 1)
+        return self._insert(run, entity, values)
+
+    def _insert(
+        self, run: automation.Run, entity: Entity, values: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Complete, check and insert a new record, journal it and run the
+        automation it triggers."""
+        conn = run.conn
+        self.check_read_only(entity, None, values)
+        self._fill_new(entity, values, run.now)
+        self._fill_default_expressions(entity, values, run.now)
+        if self.actor.role != ADMIN_ROLE:
+            # Admins may create records in any state, to load history.
+            self._check_initial_states(entity, values)
+        else:
+            self._fill_initial_states(entity, values)
+        rules = automation.before_save(run, entity, values, None, "create")
+        self._apply_rules(entity, values)
+        for field in entity.fields:
+            if field.type == "auto_number":
+                values[field.name] = _next_number(conn, entity, field)
+        table = self.runtime.tables[entity.name]
+        # Values as parameters, not .values(): the compiled INSERT is then
+        # cached per set of columns instead of built for every record.
+        self._execute_write(conn, entity, table.insert(), values, values)
+        self._refresh_rollups(conn, entity.name, [values])
+        record = _as_stored(table, entity, values)
+        run.entries.created(entity, record)
+        run.entries.write(conn)
+        automation.after_save(run, entity, record, None, rules, "create")
+        return record
 
     def update(
         self,
@@ -396,19 +444,68 @@ class RecordService:
     ) -> dict[str, Any]:
         """Change the given fields; with ``expected_version``, only if the
         record is still at that version (else ``VersionConflict``)."""
-        self._check_writable()
+        self.check_writable()
         access = self.require(entity_name, "edit")
+        values = self._load(access.entity, data, partial=True, access=access)
+        entries = self._journal()
+        with self.runtime.engine.begin() as conn:
+            entries.start(conn, expected=1)
+            run = automation.Run(self, conn, entries, dt.datetime.now(dt.UTC))
+            after = self.update_in_run(run, access, record_id, values, expected_version)
+        return access.strip(after)
+
+    def update_in_run(
+        self,
+        run: automation.Run,
+        access: Access,
+        record_id: str,
+        values: dict[str, Any],
+        expected_version: int | None = None,
+        transition: str | None = None,
+        system: bool = False,
+    ) -> dict[str, Any]:
+        """Write loaded ``values`` to a record in ``run``'s transaction, as
+        ``access`` allows. Only ``transition`` (the name of a workflow
+        transition being performed) may change a workflow's state field.
+        ``system`` writes (automation, approved transitions) are not held to
+        the fields' ``read_only_when`` conditions, which concern users."""
         entity = access.entity
-        table = self.runtime.tables[entity_name]
-        values = self._load(entity, data, partial=True, access=access)
+        table = self.runtime.tables[entity.name]
+        conn = run.conn
         if "id" in values and values["id"] != record_id:
             raise RecordInvalid(
                 "the id of a record cannot be changed",
                 details={"id": [self.messages["read_only"]]},
             )
         values.pop("id", None)
+        before = _read_row(conn, table, record_id)
+        rules: builtins.list[Any] = []
+        # Only changed lookups: one that still points where it did may point
+        # at a record the actor cannot read, set by someone else.
+        changed_lookups = {
+            k: v for k, v in values.items() if before is None or before.get(k) != v
+        }
+        if before is not None and self._reads_whole_record(entity, transition):
+            # Rules, formulas and automation read the stored record, so they
+            # run only once the actor may change it. They see the input on
+            # top of the stored values.
+            if not self._passes(conn, access, "edit", record_id):
+                self._raise_write_rejected(
+                    conn, access, "edit", record_id, expected_version
+                )
+            if not system:
+                self.check_read_only(entity, before, values)
+            self._check_state_change(entity, before, values, transition)
+            merged = {**before, **values}
+            rules = automation.before_save(run, entity, merged, before, "update")
+            self._apply_rules(entity, merged)
+            values.update(
+                (name, value)
+                for name, value in merged.items()
+                if name in values or value != before.get(name)
+            )
         values.update(
-            updated_at=dt.datetime.now(dt.UTC),
+            updated_at=run.now,
             updated_by=self.actor.user_id,
             version=table.c.version + 1,
         )
@@ -418,46 +515,38 @@ class RecordService:
         predicate = access.predicate("edit", table)
         if predicate is not None:
             statement = statement.where(predicate)
-        entries = self._journal()
-        with self.runtime.engine.begin() as conn:
-            entries.start(conn, expected=1)
-            before = _read_row(conn, table, record_id)
-            if before is not None and has_record_rules(entity):
-                # Rules and formulas read the stored record, so they run only
-                # once the actor may change it. They see the input on top of
-                # the stored values; "version" is a SQL expression here.
-                if not self._passes(conn, access, "edit", record_id):
-                    self._raise_write_rejected(
-                        conn, access, "edit", record_id, expected_version
-                    )
-                merged = {**before, **values, "version": before["version"]}
-                self._apply_rules(entity, merged)
-                computed = {name: merged[name] for name in formula_fields(entity)}
-                values.update(computed)
-                statement = statement.values(**computed)
-            result = self._execute_write(conn, entity, statement, values)
-            if before is None or result.rowcount == 0:
-                self._raise_write_rejected(
-                    conn, access, "edit", record_id, expected_version
-                )
-            assert before is not None
-            # Only changed lookups: one that still points where it did may
-            # point at a record the actor cannot read, set by someone else.
-            changed = {k: v for k, v in values.items() if before.get(k) != v}
-            self._check_lookup_access(conn, entity, changed)
-            self._check_owner_change(access, before, values)
-            after = _read_row(conn, table, record_id)
-            assert after is not None
-            self._refresh_rollups(conn, entity_name, [before, after])
-            entries.updated(entity, before, after)
-            entries.write(conn)
-        return access.strip(after)
+        result = self._execute_write(conn, entity, statement, values)
+        if before is None or result.rowcount == 0:
+            self._raise_write_rejected(
+                conn, access, "edit", record_id, expected_version
+            )
+        assert before is not None
+        self._check_lookup_access(conn, entity, changed_lookups)
+        self._check_owner_change(access, before, values)
+        after = _read_row(conn, table, record_id)
+        assert after is not None
+        self._refresh_rollups(conn, entity.name, [before, after])
+        automation.rearm(conn, self.runtime.definition, entity, before, after)
+        run.entries.updated(entity, before, after)
+        run.entries.write(conn)
+        automation.after_save(run, entity, after, before, rules, "update")
+        return after
+
+    def _reads_whole_record(self, entity: Entity, transition: str | None) -> bool:
+        definition = self.runtime.definition
+        return (
+            transition is not None
+            or has_record_rules(entity)
+            or bool(field_expressions(entity).read_only)
+            or bool(definition.workflows_for(entity.name))
+            or bool(definition.automations_for(entity.name, "update"))
+        )
 
     def delete(
         self, entity_name: str, record_id: str, expected_version: int | None = None
     ) -> None:
         """Delete a record unless others still refer to it with ``restrict``."""
-        self._check_writable()
+        self.check_writable()
         access = self.require(entity_name, "delete")
         entity = access.entity
         table = self.runtime.tables[entity_name]
@@ -495,6 +584,10 @@ class RecordService:
                 self._refresh_rollups(conn, other, [row])
             entries.deleted(entity, before)
             entries.write(conn)
+            run = automation.Run(self, conn, entries, dt.datetime.now(dt.UTC))
+            rules = automation.before_save(run, entity, before, before, "delete")
+            automation.after_save(run, entity, before, before, rules, "delete")
+            entries.write(conn)
         log.info(
             "deleted %s %s in tenant %s", entity_name, record_id, self.runtime.slug
         )
@@ -505,7 +598,7 @@ class RecordService:
         """Blank fields of records for a personal-data erasure, all in one
         transaction; each target is (entity name, record id, field names).
         Returns the records as stored afterwards; see ``erase_fields``."""
-        self._check_writable()
+        self.check_writable()
         entries = self._journal()
         with self.runtime.engine.begin() as conn:
             entries.start(conn, expected=len(targets))
@@ -535,7 +628,7 @@ class RecordService:
         matches a stored record updates it (unchanged records are left
         alone), so importing the same file twice creates nothing new.
         """
-        self._check_writable()
+        self.check_writable()
         access = self.require(entity_name, "import")
         entity = access.entity
         table = self.runtime.tables[entity_name]
@@ -565,8 +658,10 @@ class RecordService:
                     )
             except RecordInvalid as err:
                 result.errors[index] = err.details or {"_schema": [err.message]}
+        entries = self._journal()
         with self.runtime.engine.begin() as conn:
             journal.lock(conn)
+            run = automation.Run(self, conn, entries, dt.datetime.now(dt.UTC))
             loaded = self._drop_missing_lookups(conn, entity, loaded, result)
             existing = self._existing_by_key(conn, access, table, key, loaded)
             if keep_existing:
@@ -578,7 +673,10 @@ class RecordService:
                     for index, row in loaded
                     if not key or row.get(key) not in existing
                 ]
-            inserts, updates = self._split_writes(entity, key, loaded, existing, result)
+            matched: dict[int, builtins.list[Any]] = {}
+            inserts, updates = self._split_writes(
+                run, entity, key, loaded, existing, result, matched
+            )
             inserts, updates = self._permitted_writes(
                 conn, access, inserts, updates, result
             )
@@ -587,23 +685,34 @@ class RecordService:
                 result.updated = len(updates)
                 return result
             self._check_quota(conn, len(inserts))
-            entries = self._journal()
             written = self._write_batch(conn, entity, table, inserts, updates, result)
             befores = {
                 stored["id"]: stored for stored in existing.values()
             }
+            after_save: builtins.list[tuple[int, dict[str, Any], Any]] = []
             for index, values in inserts:
                 if index in written:
                     entries.created(entity, values)
+                    after_save.append((index, values, None))
             touched: builtins.list[dict[str, Any]] = []
             for index, values in updates:
                 if index in written:
                     before = befores[values["_id"]]
                     after = _updated_row(before, values)
                     entries.updated(entity, before, after)
+                    automation.rearm(conn, self.runtime.definition, entity, before,
+                                     after)
                     touched += [before, after]
+                    after_save.append((index, after, before))
             touched += [values for index, values in inserts if index in written]
             self._refresh_rollups(conn, entity_name, touched)
+            entries.write(conn)
+            for index, record, before in after_save:
+                if matched.get(index):
+                    on = "create" if before is None else "update"
+                    automation.after_save(
+                        run, entity, record, before, matched[index], on
+                    )
             entries.write(conn)
         return result
 
@@ -666,13 +775,18 @@ class RecordService:
 
     def _split_writes(
         self,
+        run: automation.Run,
         entity: Entity,
         key: str | None,
         loaded: IndexedRows,
         existing: Mapping[Any, Mapping[str, Any]],
         result: BatchResult,
+        matched: dict[int, builtins.list[Any]],
     ) -> tuple[IndexedRows, IndexedRows]:
-        now = dt.datetime.now(dt.UTC)
+        """Sort rows into inserts and updates of changed fields, applying
+        rules, formulas and the before-save automation to each; ``matched``
+        gets the automation rules each row triggered."""
+        now = run.now
         inserts = []
         updates = []
         seen: set[Any] = set()
@@ -688,6 +802,23 @@ class RecordService:
             stored = existing.get(key_value) if key_value is not None else None
             if stored is not None:
                 merged = {**stored, **values}
+                try:
+                    self.check_read_only(entity, stored, values)
+                    self._check_state_change(entity, stored, values, None)
+                    matched[index] = automation.before_save(
+                        run, entity, merged, stored, "update"
+                    )
+                except RecordInvalid as err:
+                    result.errors[index] = err.details or {"_schema": [err.message]}
+                    continue
+                values = {
+                    **values,
+                    **{
+                        name: value
+                        for name, value in merged.items()
+                        if value != stored.get(name)
+                    },
+                }
                 errors = self._rule_errors(entity, merged)
                 if errors:
                     result.errors[index] = errors
@@ -710,7 +841,24 @@ class RecordService:
                 )
                 updates.append((index, changed))
                 continue
+            try:
+                self.check_read_only(entity, None, values)
+            except RecordInvalid as err:
+                result.errors[index] = err.details or {"_schema": [err.message]}
+                continue
             self._fill_new(entity, values, now)
+            try:
+                self._fill_default_expressions(entity, values, now)
+                if self.actor.role != ADMIN_ROLE:
+                    self._check_initial_states(entity, values)
+                else:
+                    self._fill_initial_states(entity, values)
+                matched[index] = automation.before_save(
+                    run, entity, values, None, "create"
+                )
+            except RecordInvalid as err:
+                result.errors[index] = err.details or {"_schema": [err.message]}
+                continue
             errors = self._rule_errors(entity, values)
             if errors:
                 result.errors[index] = errors
@@ -858,6 +1006,31 @@ class RecordService:
         user = {"id": self.actor.user_id, "role": self.actor.role}
         return apply_record_rules(entity, record, user, self.locale)
 
+    def check_read_only(
+        self,
+        entity: Entity,
+        stored: Mapping[str, Any] | None,
+        values: Mapping[str, Any],
+    ) -> None:
+        """Raise ``RecordInvalid`` for a value of ``values`` that a field's
+        ``read_only_when`` forbids; ``stored`` is None on create."""
+        user = {"id": self.actor.user_id, "role": self.actor.role}
+        errors = read_only_errors(entity, stored, values, user, self.locale)
+        if errors:
+            names = ", ".join(sorted(errors))
+            raise RecordInvalid(f"invalid {entity.name}: check {names}", errors)
+
+    def _fill_default_expressions(
+        self, entity: Entity, values: dict[str, Any], now: dt.datetime
+    ) -> None:
+        """Fill in the ``default_expr`` of each field a new record leaves
+        empty; raise ``RecordInvalid`` for one that fails."""
+        user = {"id": self.actor.user_id, "role": self.actor.role}
+        errors = fill_default_expressions(entity, values, user, now, self.locale)
+        if errors:
+            names = ", ".join(sorted(errors))
+            raise RecordInvalid(f"invalid {entity.name}: check {names}", errors)
+
     def _apply_rules(self, entity: Entity, record: dict[str, Any]) -> None:
         errors = self._rule_errors(entity, record)
         if errors:
@@ -880,6 +1053,76 @@ class RecordService:
             updated_by=self.actor.user_id,
             version=1,
         )
+
+    def _check_initial_states(self, entity: Entity, values: dict[str, Any]) -> None:
+        """Start a new record in the initial state of each workflow of its
+        entity; another state is refused."""
+        for workflow in self.runtime.definition.workflows_for(entity.name):
+            state = values.get(workflow.field)
+            if state in (None, ""):
+                values[workflow.field] = workflow.initial
+            elif state != workflow.initial:
+                label = workflow.label.get(self.locale)
+                raise RecordInvalid(
+                    f"invalid {entity.name}: a new record starts in state "
+                    f"{workflow.initial!r} of workflow {label!r}, not {state!r}; "
+                    "leave the field empty and move the record with a transition",
+                    {workflow.field: [self.messages["state_initial"].format(
+                        state=workflow.initial
+                    )]},
+                )
+
+    def _fill_initial_states(self, entity: Entity, values: dict[str, Any]) -> None:
+        """Start a new record without a state in each workflow's initial one."""
+        for workflow in self.runtime.definition.workflows_for(entity.name):
+            if values.get(workflow.field) in (None, ""):
+                values[workflow.field] = workflow.initial
+
+    def _check_state_change(
+        self,
+        entity: Entity,
+        before: Mapping[str, Any],
+        values: Mapping[str, Any],
+        transition: str | None,
+    ) -> None:
+        """Refuse a change of a workflow's state field unless ``transition``
+        is the transition being performed."""
+        for workflow in self.runtime.definition.workflows_for(entity.name):
+            name = workflow.field
+            if name not in values or values[name] == before.get(name):
+                continue
+            if transition is not None and workflow.transition(transition):
+                continue
+            ways = workflow.leading_to(values[name], before.get(name))
+            hint = (
+                "use the transition " + ", ".join(repr(t.name) for t in ways)
+                if ways
+                else f"no transition of the workflow leads from "
+                f"{before.get(name)!r} to {values[name]!r}"
+            )
+            raise RecordInvalid(
+                f"invalid {entity.name}: field {name!r} changes only through "
+                f"workflow transitions; {hint}",
+                {name: [self.messages["state_by_transition"]]},
+            )
+
+    def system_access(self, entity_name: str) -> Access:
+        """Every right on ``entity_name``: automation runs in system context."""
+        entity = self.runtime.entity(entity_name)
+        principal = Principal(self.actor.user_id, ADMIN_ROLE)
+        return access_for(self.runtime.definition, entity, principal)
+
+    def is_tenant_member(self, user_id: str) -> bool:
+        """Return True for the actor and members of the tenant."""
+        return user_id == self.actor.user_id or (
+            self.is_member is not None and self.is_member(user_id)
+        )
+
+    def members_in_roles(self, roles: Collection[str]) -> builtins.list[str]:
+        """Return the ids of the tenant's members holding one of ``roles``."""
+        if self.role_members is None:
+            return [self.actor.user_id] if self.actor.role in roles else []
+        return self.role_members(roles)
 
     def _journal(self) -> journal.Journal:
         return journal.Journal(self.actor.user_id, self.request_id)
@@ -971,7 +1214,7 @@ class RecordService:
             statement = statement.where(predicate)
         return conn.execute(statement).first() is not None
 
-    def _check_writable(self) -> None:
+    def check_writable(self) -> None:
         status = self.runtime.tenant.status
         if status != "active":
             raise Forbidden(

@@ -81,6 +81,86 @@ def _refresh(
     field: Field,
     parent_ids: list[str],
 ) -> None:
+    direct = _direct_update(conn.dialect, tables, parent, field)
+    if direct is not None:
+        conn.execute(direct, {"ids": parent_ids})
+        return
+    select, update = _statements(tables, parent, field)
+    found = {row[0]: row[1] for row in conn.execute(select, {"ids": parent_ids})}
+    conn.execute(update, [
+        {"_id": parent_id, "_value": _stored(field, found.get(parent_id))}
+        for parent_id in parent_ids
+    ])
+
+
+def _direct_update(
+    dialect: sa.Dialect,
+    tables: Mapping[str, sa.Table],
+    parent: Entity,
+    field: Field,
+) -> Any:
+    """Return one UPDATE that computes the roll-up in the database, or None
+    when the database stores the child's values unlike the parent field's
+    (an integer summed into a decimal on SQLite, where decimals are scaled
+    integers), so Python must convert them."""
+    rollup = field.rollup
+    assert rollup is not None
+    table = tables[parent.name]
+    key = (table, field.name, dialect.name)
+    if key in _DIRECT:
+        return _DIRECT[key]
+    # An alias, so that a roll-up over the parent's own entity (items of
+    # items) does not correlate the subquery with the row being updated.
+    child = tables[rollup.entity].alias("child")
+    target = table.c[field.name]
+    same_storage = rollup.function == "count" or dialect.name == "postgresql" or (
+        repr(child.c[rollup.field or ""].type) == repr(target.type)
+    )
+    statement = None
+    if same_storage:
+        if rollup.function == "count":
+            summary: Any = sa.func.count()
+        else:
+            summary = getattr(sa.func, rollup.function)(child.c[rollup.field or ""])
+        conditions = [
+            compile_condition(child, Condition(item.field, item.op, item.value))
+            for item in rollup.where
+        ]
+        value: Any = (
+            sa.select(summary)
+            .where(child.c[rollup.via] == table.c.id, *conditions)
+            .scalar_subquery()
+        )
+        if rollup.function in ("count", "sum"):
+            value = sa.func.coalesce(value, 0)
+        statement = (
+            table.update()
+            .where(table.c.id.in_(sa.bindparam("ids", expanding=True)))
+            .values({field.name: value})
+        )
+    if len(_DIRECT) >= CACHE_SIZE:
+        _DIRECT.clear()
+    _DIRECT[key] = statement
+    return statement
+
+
+#: The one UPDATE of each roll-up field that the database can compute, by
+#: (parent table, field name, dialect); None where Python must convert.
+_DIRECT: dict[tuple[sa.Table, str, str], Any] = {}
+#: The SELECT and UPDATE of each roll-up field, by (parent table, field
+#: name). Built once, so that a save does not compile them again; tables
+#: are shared by every tenant on one definition.
+_STATEMENTS: dict[tuple[sa.Table, str], tuple[Any, Any]] = {}
+
+
+def _statements(
+    tables: Mapping[str, sa.Table], parent: Entity, field: Field
+) -> tuple[Any, Any]:
+    table = tables[parent.name]
+    key = (table, field.name)
+    found = _STATEMENTS.get(key)
+    if found is not None:
+        return found
     rollup = field.rollup
     assert rollup is not None
     child = tables[rollup.entity]
@@ -93,22 +173,20 @@ def _refresh(
         compile_condition(child, Condition(item.field, item.op, item.value))
         for item in rollup.where
     ]
-    statement = (
+    select = (
         sa.select(via, summary.label("summary"))
-        .where(via.in_(parent_ids), *conditions)
+        .where(via.in_(sa.bindparam("ids", expanding=True)), *conditions)
         .group_by(via)
     )
-    found = {row[0]: row[1] for row in conn.execute(statement)}
-    table = tables[parent.name]
     update = (
         table.update()
         .where(table.c.id == sa.bindparam("_id"))
         .values({field.name: sa.bindparam("_value", type_=table.c[field.name].type)})
     )
-    conn.execute(update, [
-        {"_id": parent_id, "_value": _stored(field, found.get(parent_id))}
-        for parent_id in parent_ids
-    ])
+    if len(_STATEMENTS) >= CACHE_SIZE:
+        _STATEMENTS.clear()
+    _STATEMENTS[key] = (select, update)
+    return select, update
 
 
 def _stored(field: Field, value: Any) -> Any:

@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from metadata_engine.loader import compile_documents, load_definition_cached
-from metadata_engine.model import Definition, Entity
+from metadata_engine.model import ADMIN_ROLE, Definition, Entity
 from metadata_engine.tables import build_service_tables, build_tables
 from metadata_engine.validation import RecordSchema, build_schema
 
@@ -226,8 +226,34 @@ class Platform:
         def is_member(user_id: str) -> bool:
             return self.control.actor(runtime.tenant, user_id) is not None
 
+        def role_members(roles: Collection[str]) -> list[str]:
+            return self.control.members_with_roles(runtime.tenant, roles)
+
         return RecordService(
-            runtime, actor, locale, is_member=is_member, request_id=request_id
+            runtime,
+            actor,
+            locale,
+            is_member=is_member,
+            request_id=request_id,
+            role_members=role_members,
+        )
+
+    def automation_service(
+        self, runtime: TenantRuntime, user_id: str, rule: str
+    ) -> RecordService:
+        """Return a record service in system context for the time rule
+        ``rule``, acting for ``user_id``; its journal entries carry
+        ``automation:RULE`` as their request id."""
+        actor = Actor(
+            user_id=user_id,
+            email="",
+            name=f"automation {rule}",
+            role=ADMIN_ROLE,
+            locale=runtime.definition.default_locale,
+            tenant_id=runtime.tenant.id,
+        )
+        return self.records(
+            runtime, actor, actor.locale, request_id=f"automation:{rule}"
         )
 
     def engine(self, slug: str) -> sa.Engine:

@@ -117,3 +117,22 @@ def test_import_and_cascade_update_rollups(service: RecordService) -> None:
 def test_rollup_field_is_read_only(service: RecordService) -> None:
     with pytest.raises(RecordInvalid, match="check won_total"):
         service.create("account", {"name": "Acme", "won_total": "5.00"})
+
+
+def test_rollup_over_own_entity(platform: Platform, tmp_path: Path) -> None:
+    items = documents(entity(
+        "item",
+        field("parent", "lookup", target="item", on_delete="set_null"),
+        field("quantity", "integer"),
+        field("children_quantity", "integer",
+              rollup={"entity": "item", "via": "parent", "function": "sum",
+                      "field": "quantity"}),
+    ))
+    runtime = platform.create_tenant("stock", write_folder(tmp_path / "d", items))
+    service = platform.records(
+        runtime, make_member(platform, "stock", "admin@stock.example", "admin")
+    )
+    box = service.create("item", {"name": "Box", "quantity": 1})
+    service.create("item", {"name": "A", "quantity": 5, "parent": box["id"]})
+    service.create("item", {"name": "B", "quantity": 7, "parent": box["id"]})
+    assert service.get("item", box["id"])["children_quantity"] == 12
