@@ -20,6 +20,15 @@ same tenant). An archive contains:
   their derived hierarchy, permission set assignments and manual shares),
   one row per line. Archives written before these existed have none, and
   loading them leaves those tables as they are;
+- ``webhooks/endpoints.jsonl``: the webhook endpoints, one per line, with
+  their secrets still encrypted, so the tenant that loads them needs the same
+  encryption key. The outbox and the delivery log are not carried, so a
+  restore never sends an event again. Archives without this member leave the
+  endpoints as they are;
+- ``process/<table>.jsonl``: what workflows and automation keep
+  (``PROCESS_TABLES``: transition history, approval requests,
+  notifications and the time rules that came due), one row per line;
+  archives without them leave those tables as they are;
 - ``manifest.json``: format version, tenant, metadata hash, export time,
   record counts per entity and the SHA-256 of every other member.
 
@@ -52,6 +61,7 @@ from metadata_engine.errors import DefinitionError
 from metadata_engine.loader import compile_documents
 from metadata_engine.merge import document_folder
 from metadata_engine.model import SYSTEM_COLUMNS, Definition, Entity
+from metadata_engine.sqltypes import UTCDateTime
 from metadata_engine.tables import build_service_tables
 
 from . import journal
@@ -88,6 +98,16 @@ _DOCUMENT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}\.json$")
 _DECIMAL_TYPES = {"decimal", "currency", "percent"}
 _SERVICE_TABLES = sa.MetaData()
 build_service_tables(_SERVICE_TABLES)
+WEBHOOK_ENDPOINTS_MEMBER = "webhooks/endpoints.jsonl"
+PROCESS_PREFIX = "process/"
+#: The tables of workflows and automation that archives carry.
+PROCESS_TABLES: tuple[str, ...] = (
+    "_transitions",
+    "_approval_requests",
+    "_notifications",
+    "_automation_runs",
+)
+_WEBHOOK_ENDPOINTS = _SERVICE_TABLES.tables["_webhook_endpoints"]
 Progress = Callable[[str, int], None]
 
 
@@ -161,6 +181,11 @@ def write_archive(
             manifest.counts_journal = _write_journal(runtime, spool)
             manifest.files[JOURNAL] = _copy_member(archive, JOURNAL, spool)
         _write_access(archive, manifest, runtime)
+        _write_table(archive, manifest, runtime, _WEBHOOK_ENDPOINTS,
+                     WEBHOOK_ENDPOINTS_MEMBER)
+        for name in PROCESS_TABLES:
+            _write_table(archive, manifest, runtime, _SERVICE_TABLES.tables[name],
+                         _process_member(name))
         text = json.dumps(manifest.as_json(), ensure_ascii=False, indent=2)
         archive.writestr(MANIFEST, text)
     log.info("wrote %s archive of tenant %s to %s", kind, slug, output)
@@ -258,15 +283,23 @@ def _write_access(
     for name in ACCESS_TABLES:
         table = _SERVICE_TABLES.tables[name]
         member = f"{ACCESS_PREFIX}{name.removeprefix('_')}.jsonl"
-        order = list(table.primary_key.columns)
-        with tempfile.TemporaryFile() as spool:
-            with runtime.engine.connect() as conn:
-                rows = conn.execute(sa.select(table).order_by(*order))
-                for row in rows.mappings():
-                    item = {key: _access_value(value) for key, value in row.items()}
-                    line = json.dumps(item, ensure_ascii=False) + "\n"
-                    spool.write(line.encode("utf-8"))
-            manifest.files[member] = _copy_member(archive, member, spool)
+        _write_table(archive, manifest, runtime, table, member)
+
+
+def _write_table(
+    archive: zipfile.ZipFile, manifest: Manifest, runtime: TenantRuntime,
+    table: sa.Table, member: str,
+) -> None:
+    """Write every row of a service table as JSON lines, in key order."""
+    order = list(table.primary_key.columns)
+    with tempfile.TemporaryFile() as spool:
+        with runtime.engine.connect() as conn:
+            rows = conn.execute(sa.select(table).order_by(*order))
+            for row in rows.mappings():
+                item = {key: _access_value(value) for key, value in row.items()}
+                line = json.dumps(item, ensure_ascii=False) + "\n"
+                spool.write(line.encode("utf-8"))
+        manifest.files[member] = _copy_member(archive, member, spool)
 
 
 def _access_value(value: Any) -> Any:
@@ -441,9 +474,12 @@ class Archive:
         """Return True if the archive contains the access tables."""
         return any(name.startswith(ACCESS_PREFIX) for name in self.manifest.files)
 
-    def access_rows(self, table: sa.Table) -> Iterator[dict[str, Any]]:
-        """Yield the archived rows of access table ``table``, checked."""
-        name = f"{ACCESS_PREFIX}{table.name.removeprefix('_')}.jsonl"
+    def access_rows(
+        self, table: sa.Table, name: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Yield the archived rows of service table ``table``, checked, from
+        member ``name`` (default: the table's file under ``access/``)."""
+        name = name or f"{ACCESS_PREFIX}{table.name.removeprefix('_')}.jsonl"
         if name not in self.manifest.files:
             return
         with self.zip.open(name) as member:
@@ -512,11 +548,15 @@ def _access_row(table: sa.Table, place: str, line: str) -> dict[str, Any]:
             f"{place} is invalid: expected an object with the columns "
             f"{', '.join(sorted(columns))}, got {keys!r}"
         )
-    if "created_at" in raw:
-        try:
-            raw["created_at"] = _datetime(str(raw["created_at"]))
-        except ValueError as err:
-            raise ArchiveError(f"{place} has an invalid created_at: {err}") from err
+    for column in table.columns:
+        value = raw[column.name]
+        if isinstance(column.type, UTCDateTime) and value is not None:
+            try:
+                raw[column.name] = _datetime(str(value))
+            except ValueError as err:
+                raise ArchiveError(
+                    f"{place} has an invalid {column.name}: {err}"
+                ) from err
     return raw
 
 
@@ -543,6 +583,45 @@ def _load_access(conn: sa.Connection, archive: Archive) -> dict[str, int]:
         if batch:
             counts[name] += _insert_access(conn, table, batch)
     return counts
+
+
+def _process_member(table_name: str) -> str:
+    return f"{PROCESS_PREFIX}{table_name.removeprefix('_')}.jsonl"
+
+
+def _load_process_tables(conn: sa.Connection, archive: Archive) -> dict[str, int]:
+    """Replace the workflow and automation tables with the archived rows;
+    returns the rows loaded per table. An archive without them changes
+    nothing."""
+    counts: dict[str, int] = {}
+    for name in PROCESS_TABLES:
+        member = _process_member(name)
+        if member not in archive.manifest.files:
+            continue
+        table = _SERVICE_TABLES.tables[name]
+        conn.execute(table.delete())
+        counts[name] = 0
+        batch: list[dict[str, Any]] = []
+        for row in archive.access_rows(table, member):
+            batch.append(row)
+            if len(batch) == PAGE_SIZE:
+                counts[name] += _insert_access(conn, table, batch)
+                batch = []
+        if batch:
+            counts[name] += _insert_access(conn, table, batch)
+    return counts
+
+
+def _load_webhook_endpoints(conn: sa.Connection, archive: Archive) -> int:
+    """Replace the webhook endpoints with the archived ones, secrets still
+    encrypted; returns how many were loaded. An archive without them changes
+    nothing."""
+    table = _WEBHOOK_ENDPOINTS
+    if WEBHOOK_ENDPOINTS_MEMBER not in archive.manifest.files:
+        return 0
+    conn.execute(table.delete())
+    rows = list(archive.access_rows(table, WEBHOOK_ENDPOINTS_MEMBER))
+    return _insert_access(conn, table, rows) if rows else 0
 
 
 def _insert_access(
@@ -827,6 +906,8 @@ def import_archive(
                 write_sequences(conn, archive.sequences())
                 _load_journal(conn, archive)
                 _load_access(conn, archive)
+                _load_webhook_endpoints(conn, archive)
+                _load_process_tables(conn, archive)
         except BaseException:
             log.exception(
                 "import of %s into tenant %s failed, so the tenant is dropped",
@@ -902,6 +983,8 @@ def restore_archive(
             write_sequences(conn, archive.sequences())
             _load_journal(conn, archive)
             _load_access(conn, archive)
+            _load_webhook_endpoints(conn, archive)
+            _load_process_tables(conn, archive)
             _erase_again(conn, runtime, erased)
     log.info("restored tenant %s from %s: %s", slug, path, counts)
     return counts

@@ -685,19 +685,40 @@ def token_create(
     type=int,
     help="Worker threads of the WSGI server.",
 )
+@click.option(
+    "--with-worker",
+    is_flag=True,
+    help="Also run the background worker (time rules, webhook deliveries) in "
+    "this process, instead of a separate `metacrm worker`.",
+)
 @data_dir_option
-def serve(host: str, port: int, threads: int, data_dir: Path | None) -> None:
+def serve(
+    host: str, port: int, threads: int, with_worker: bool, data_dir: Path | None
+) -> None:
     """Serve the web UI and API with the waitress WSGI server."""
     settings, platform = open_platform(data_dir)
-    _serve(settings, platform, host, port, threads)
+    _serve(settings, platform, host, port, threads, with_worker)
+
+
+#: Seconds between two runs of the worker that ``serve --with-worker`` and
+#: ``demo`` start in the web server's process.
+IN_PROCESS_WORKER_INTERVAL = 30.0
 
 
 def _serve(
-    settings: Settings, platform: Platform, host: str, port: int, threads: int
+    settings: Settings,
+    platform: Platform,
+    host: str,
+    port: int,
+    threads: int,
+    with_worker: bool = False,
 ) -> None:
+    import threading
+
     import waitress
 
     from .app import create_app
+    from .worker import run_forever
 
     app = create_app(settings, platform)
     try:
@@ -710,10 +731,27 @@ def _serve(
             "pass another --port"
         )
     click.echo(f"serving on http://{host}:{port}/ (Ctrl+C to stop)")
+    stop = threading.Event()
+    if with_worker:
+        # The worker's tables are its queue, so a second process running
+        # `metacrm worker` at the same time is safe: it claims rows with a
+        # lease and time rules once per record.
+        threading.Thread(
+            target=run_forever,
+            args=(platform, IN_PROCESS_WORKER_INTERVAL, stop),
+            name="metacrm-worker",
+            daemon=True,
+        ).start()
+        click.echo(
+            f"running the worker every {IN_PROCESS_WORKER_INTERVAL:g} s in this "
+            "process"
+        )
     try:
         server.run()
     except KeyboardInterrupt:
         click.echo("stopped")
+    finally:
+        stop.set()
 
 
 @main.command()
@@ -741,7 +779,7 @@ def demo(host: str, port: int, no_serve: bool, data_dir: Path | None) -> None:
         "churn=true&limit=5'"
     )
     if not no_serve:
-        _serve(settings, platform, host, port, threads=8)
+        _serve(settings, platform, host, port, threads=8, with_worker=True)
 
 
 # Archives: tenant export and import, backup and restore
@@ -1530,3 +1568,6 @@ def share_command(
 
 # Registers ``metacrm audit`` and ``metacrm personal-data`` on ``main``.
 from . import cli_audit as _cli_audit  # noqa: E402,F401
+
+# Registers ``metacrm worker`` and ``metacrm webhook`` on ``main``.
+from . import cli_webhooks as _cli_webhooks  # noqa: E402,F401

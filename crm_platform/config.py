@@ -49,6 +49,10 @@ class Settings:
     #: Tenant runtimes (compiled tables, schemas, SQLite connections) kept in
     #: memory; the least recently used one is dropped beyond this number.
     runtime_cache_size: int = DEFAULT_RUNTIME_CACHE_SIZE
+    #: Comma-separated networks (``127.0.0.1/32,10.0.0.0/8``) that webhook
+    #: URLs may reach although they are private, loopback, link-local or
+    #: reserved; empty rejects every such address (``crm_platform.webhooks``).
+    webhook_allowed_networks: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -89,7 +93,9 @@ def load_settings(data_dir: str | os.PathLike[str] | None = None) -> Settings:
     return Settings(data_dir=path, secret_key=secret, max_content_length=max_length,
                     database_url=database_url,
                     retention_days=_retention_days_from_environment(),
-                    runtime_cache_size=_runtime_cache_size_from_environment())
+                    runtime_cache_size=_runtime_cache_size_from_environment(),
+                    webhook_allowed_networks=os.environ.get(
+                        "METACRM_WEBHOOK_ALLOWED_NETWORKS", "").strip())
 
 
 def _retention_days_from_environment() -> int:

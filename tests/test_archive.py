@@ -30,6 +30,7 @@ from crm_platform.control import Actor
 from crm_platform.querying import ListQuery
 from crm_platform.records import RecordService
 from crm_platform.tenancy import Platform, TenantRuntime
+from crm_platform.workflows import WorkflowService
 from metadata_engine.loader import load_definition
 
 from .conftest import ADMIN_EMAIL, STANDARD_CRM, make_member
@@ -511,3 +512,35 @@ def test_cli_import_reports_bad_archive(
     result = CliRunner().invoke(main, ["tenant", "import", "beta", str(path)])
     assert result.exit_code == 1
     assert "is not a readable zip archive" in result.output
+
+
+def process_rows(runtime: TenantRuntime) -> Snapshot:
+    """Return the rows of the workflow and automation tables, by id."""
+    result: Snapshot = {}
+    with runtime.engine.connect() as conn:
+        for name in ("_transitions", "_notifications"):
+            table = sa.Table(name, sa.MetaData(), autoload_with=conn)
+            rows = conn.execute(sa.select(table).order_by(table.c.id)).mappings()
+            result[name] = [dict(row) for row in rows]
+    return result
+
+
+def test_archive_carries_transition_history(
+    platform: Platform,
+    crm: TenantRuntime,
+    admin: Actor,
+    records: RecordService,
+    tmp_path: Path,
+) -> None:
+    case = records.create("case", {"subject": "No signal", "type": "complaint",
+                                   "priority": "high", "channel": "phone"})
+    WorkflowService(records).transition("case", case["id"], "assign",
+                                        comment="for the field team")
+    path = tmp_path / "acme.zip"
+    write_archive(platform, "acme", path, admin)
+    import_archive(platform, "beta", path)
+    copied = process_rows(platform.runtime("beta"))
+    assert copied == process_rows(crm)
+    assert [row["comment"] for row in copied["_transitions"]] == [
+        "for the field team"
+    ]
