@@ -12,8 +12,11 @@ from renderers import init_app as init_renderers
 from . import members as _members  # noqa: F401  (adds the members routes)
 from . import observability
 from . import web_audit as _web_audit  # noqa: F401  (adds the audit routes)
+from . import web_expressions as _web_expressions  # noqa: F401  (field visibility)
 from . import web_permissions as _web_permissions  # noqa: F401  (why, roles pages)
 from . import web_sharing as _web_sharing  # noqa: F401  (teams and shares routes)
+from . import web_webhooks as _web_webhooks  # noqa: F401  (webhooks page and API)
+from . import web_workflows as _web_workflows  # noqa: F401  (transitions, approvals)
 from .api import blueprint as api_blueprint
 from .config import Settings, load_settings
 from .operator import blueprint as operator_blueprint

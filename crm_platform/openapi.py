@@ -152,6 +152,8 @@ def build_document(runtime: TenantRuntime, locale: str) -> dict[str, Any]:
     _add_member_paths(spec, definition.role_names)
     _add_sharing_paths(spec)
     _add_permission_paths(spec)
+    _add_webhook_paths(spec)
+    _add_workflow_paths(spec)
     _add_journal_paths(spec)
 
     document = spec.to_dict()
@@ -840,6 +842,42 @@ def _add_permission_paths(spec: APISpec) -> None:
         spec.components.schema(name, schema)
     spec.tag({"name": "Permissions", "description": "Why a member may act on a "
               "record, and the roles and permission sets that grant it."})
+    paths = openapi_paths(_error_refs(READ_ERRORS), _error_refs(WRITE_ERRORS))
+    for path, item in paths.items():
+        operations = {key: value for key, value in item.items()
+                      if key != "parameters"}
+        spec.path(path=path, operations=operations,
+                  parameters=item.get("parameters"))
+
+
+def _add_webhook_paths(spec: APISpec) -> None:
+    # Imported here because web_webhooks imports the API module, which
+    # imports this one.
+    from .web_webhooks import openapi_components, openapi_paths
+
+    for name, schema in openapi_components().items():
+        spec.components.schema(name, schema)
+    spec.tag({"name": "Webhooks", "description": "Webhook endpoints and their "
+              "delivery log (admins only)."})
+    paths = openapi_paths(_error_refs(READ_ERRORS), _error_refs(WRITE_ERRORS))
+    for path, item in paths.items():
+        operations = {key: value for key, value in item.items()
+                      if key != "parameters"}
+        spec.path(path=path, operations=operations,
+                  parameters=item.get("parameters"))
+
+
+def _add_workflow_paths(spec: APISpec) -> None:
+    # Imported here because web_workflows imports the API module, which
+    # imports this one.
+    from .web_workflows import openapi_components, openapi_paths
+
+    for name, schema in openapi_components().items():
+        spec.components.schema(name, schema)
+    spec.tag({"name": "Workflows", "description": "Transitions of records "
+              "between workflow states, and approval requests."})
+    spec.tag({"name": "Notifications", "description": "Messages that "
+              "workflows and automation rules leave for the caller."})
     paths = openapi_paths(_error_refs(READ_ERRORS), _error_refs(WRITE_ERRORS))
     for path, item in paths.items():
         operations = {key: value for key, value in item.items()

@@ -587,9 +587,10 @@ def record_new(tenant: str, entity: str) -> ResponseReturnValue:
     metadata = runtime.entity(entity)
     service = record_service(g.locale)
     access = service.require(metadata.name, "create")
+    locked = access.hidden | access.read_only | forms.workflow_fields(
+        runtime.definition, metadata.name)
     form_class = forms.record_form_class(metadata, "create", g.locale,
-                                         runtime.definition.content_hash,
-                                         access.hidden | access.read_only)
+                                         runtime.definition.content_hash, locked)
     if request.method == "GET":
         formdata = forms.initial_formdata(form_class, forms.default_values(metadata))
         prefill(form_class, request.args, formdata)
@@ -636,9 +637,10 @@ def record_edit(tenant: str, entity: str, record_id: str) -> ResponseReturnValue
     record = service.get(metadata.name, record_id)
     require_record_right(service, metadata.name, record_id, "edit")
     access = service.access(metadata.name)
+    locked = access.hidden | access.read_only | forms.workflow_fields(
+        runtime.definition, metadata.name)
     form_class = forms.record_form_class(metadata, "edit", g.locale,
-                                         runtime.definition.content_hash,
-                                         access.hidden | access.read_only)
+                                         runtime.definition.content_hash, locked)
     if request.method == "GET":
         formdata = forms.initial_formdata(form_class, record, record["version"])
         return render_form(form_class(formdata=formdata), service, record, 200)

@@ -45,7 +45,7 @@ from wtforms import Field as FormField
 from wtforms.fields.core import UnboundField
 from wtforms.widgets import CheckboxInput, ListWidget
 
-from metadata_engine.model import Entity, Field
+from metadata_engine.model import Definition, Entity, Field
 
 from . import current_role
 from .formatting import field_scale
@@ -392,6 +392,15 @@ def input_fields(
         if field.writable:
             fields.append(field)
     return tuple(fields)
+
+
+def workflow_fields(definition: Definition, entity_name: str) -> frozenset[str]:
+    """Return the fields of ``entity_name`` that store a workflow's state.
+
+    Forms pass them in ``locked``, so they render read-only: the record
+    service rejects any change of them outside a workflow transition.
+    """
+    return frozenset(w.field for w in definition.workflows_for(entity_name))
 
 
 _FORM_CLASSES: dict[tuple[Any, ...], type[RecordForm]] = {}

@@ -236,7 +236,8 @@ def url_values(slug: str, entity: str, record_id: str) -> dict[str, str]:
     return {"tenant": slug, "entity": entity, "record_id": record_id,
             "path": f"records/{entity}/{record_id}/unknown",
             "token": RESET_TOKEN, "user_id": record_id, "name": "sales",
-            "share_id": record_id}
+            "share_id": record_id, "delivery_id": record_id,
+            "request_id": record_id, "notification_id": record_id}
 
 
 def entity_names(world: World, rule: Rule) -> list[str]:

@@ -117,7 +117,106 @@
     });
   }
 
+  // Shows or hides the column of a field with visible_when. A hidden input
+  // loses its "required" attribute, because the browser would otherwise
+  // block the submit over an input the user cannot see. The server still
+  // checks "required".
+  function setFieldShown(box, shown) {
+    box.hidden = !shown;
+    box.querySelectorAll("input, select, textarea").forEach(function (input) {
+      if (!shown && input.required) {
+        input.required = false;
+        input.setAttribute("data-required-when-shown", "");
+      } else if (shown && input.hasAttribute("data-required-when-shown")) {
+        input.required = true;
+        input.removeAttribute("data-required-when-shown");
+      }
+    });
+  }
+
+  // A form section whose fields are all hidden is hidden too.
+  function hideEmptySections(form) {
+    form.querySelectorAll("section.card").forEach(function (section) {
+      var columns = section.querySelectorAll(".card-body > .row > div");
+      var shown = Array.prototype.some.call(columns, function (column) {
+        return !column.hidden;
+      });
+      section.hidden = columns.length > 0 && !shown;
+    });
+  }
+
+  // Fields with visible_when: shortly after the user types, the form posts
+  // its inputs to the server, which returns {field: visible}. Only the reply
+  // to the latest request is applied. A failed request changes nothing.
+  function fieldVisibility(root) {
+    root.querySelectorAll("form[data-visibility-url]").forEach(function (form) {
+      var url = form.getAttribute("data-visibility-url");
+      var tokenInput = form.querySelector("input[name='csrf_token']");
+      var timer = null;
+      var latest = 0;
+
+      function apply(shown) {
+        form.querySelectorAll("[data-visibility-field]").forEach(function (box) {
+          var name = box.getAttribute("data-visibility-field");
+          if (Object.prototype.hasOwnProperty.call(shown, name)) {
+            setFieldShown(box, shown[name] === true);
+          }
+        });
+        hideEmptySections(form);
+      }
+
+      function evaluate() {
+        var inputs = {};
+        // Every input is sent, an unchecked check box as an empty list.
+        Array.prototype.forEach.call(form.elements, function (element) {
+          if (element.name && element.name.indexOf("f_") === 0) {
+            inputs[element.name] = [];
+          }
+        });
+        new FormData(form).forEach(function (value, name) {
+          if (name.indexOf("f_") !== 0 || typeof value !== "string") {
+            return;
+          }
+          inputs[name].push(value);
+        });
+        latest += 1;
+        var request = latest;
+        window.fetch(url, {
+          method: "POST",
+          credentials: "same-origin",
+          headers: {
+            "Content-Type": "application/json",
+            "X-CSRFToken": tokenInput ? tokenInput.value : ""
+          },
+          body: JSON.stringify(inputs)
+        }).then(function (response) {
+          return response.ok ? response.json() : null;
+        }).then(function (shown) {
+          if (shown && request === latest) {
+            apply(shown);
+          }
+        }).catch(function () {});
+      }
+
+      function schedule() {
+        window.clearTimeout(timer);
+        timer = window.setTimeout(evaluate, 250);
+      }
+
+      form.addEventListener("input", schedule);
+      form.addEventListener("change", schedule);
+      form.querySelectorAll("[data-visibility-field]").forEach(function (box) {
+        setFieldShown(box, !box.hidden);
+      });
+      hideEmptySections(form);
+      // The page may show values other than the stored ones, after a failed
+      // save or a prefilled link, so evaluate them once.
+      evaluate();
+    });
+  }
+
   function start() {
+    fieldVisibility(document);
     dependentPicklists(document);
     colourBadges(document);
     submitOnChange(document);
