@@ -233,3 +233,92 @@ def test_tenant_rejects_formula_input(platform: Platform) -> None:
     assert details == {
         "duration_days": ["This field is read-only and cannot be written."]
     }
+
+
+# PMT_Task_Before_Automation, a before-save flow on create and update, as the
+# automation rules task_sync_1 to task_sync_4. The flow tests its decisions in
+# this order and stops at the first that holds:
+# 1. not new, prior status Completed, status Not Started, On Hold or In
+#    Progress: completion 0 %.
+# 2. not new, prior status "Closed, not Completed" at 100 %, status Not
+#    Started, On Hold or In Progress: completion 0 %.
+# 3. completion 100 % or status Completed: completion 100 %, status Completed.
+# 4. 0 % < completion < 100 % and status Not Started: status In Progress.
+# Each case is (stored task or None, values written, expected status and
+# completion). A stored task is written to the table directly, as data from
+# before the rules, because rule 3 keeps a task at 100 % from staying
+# "closed, not completed" through the record service.
+COMPLETED = {"status": "completed", "percent_complete": 100}
+CLOSED_AT_100 = {"status": "closed_not_completed", "percent_complete": 100}
+CLOSED_AT_60 = {"status": "closed_not_completed", "percent_complete": 60}
+STARTED_AT_40 = {"status": "in_progress", "percent_complete": 40}
+NOT_STARTED = {"status": "not_started", "percent_complete": None}
+HELD_WITH_REASON = {"status": "on_hold", "on_hold_reason": "Waiting for the budget."}
+FLOW_CASES = [
+    # Decision 1: reopening a completed task resets its completion.
+    (COMPLETED, {"status": "not_started"}, ("not_started", 0)),
+    (COMPLETED, HELD_WITH_REASON, ("on_hold", 0)),
+    (COMPLETED, {"status": "in_progress"}, ("in_progress", 0)),
+    (COMPLETED, {"status": "in_progress", "percent_complete": 50},
+     ("in_progress", 0)),
+    # Decision 1 does not cover closing it: decision 3 completes it again.
+    (COMPLETED, {"status": "closed_not_completed"}, ("completed", 100)),
+    # Decision 2: reopening a task closed at 100 % resets its completion.
+    (CLOSED_AT_100, {"status": "in_progress"}, ("in_progress", 0)),
+    (CLOSED_AT_100, {"status": "not_started"}, ("not_started", 0)),
+    (CLOSED_AT_60, {"status": "in_progress"}, ("in_progress", 60)),
+    # Decision 3, on create and on update.
+    (None, {"percent_complete": 100}, ("completed", 100)),
+    (None, {"status": "completed"}, ("completed", 100)),
+    (None, {"status": "closed_not_completed", "percent_complete": 100},
+     ("completed", 100)),
+    (STARTED_AT_40, {"percent_complete": 100}, ("completed", 100)),
+    (STARTED_AT_40, {"status": "completed"}, ("completed", 100)),
+    # Decision 4, on create and on update.
+    (None, {"percent_complete": 40}, ("in_progress", 40)),
+    (NOT_STARTED, {"percent_complete": 30}, ("in_progress", 30)),
+    (NOT_STARTED, {"percent_complete": 0}, ("not_started", 0)),
+    (None, {**HELD_WITH_REASON, "percent_complete": 40}, ("on_hold", 40)),
+    # No decision holds.
+    (None, {}, ("not_started", None)),
+    (STARTED_AT_40, {"name": "Write the plan again"}, ("in_progress", 40)),
+]
+
+
+@pytest.fixture
+def tracker(platform: Platform) -> RecordService:
+    runtime = platform.create_tenant("tracker", EXAMPLE, name="Tracker")
+    admin = make_member(platform, "tracker", ADMIN_EMAIL, "admin")
+    return RecordService(runtime, admin, "en")
+
+
+def task_after(
+    service: RecordService, stored: dict[str, Any] | None, values: dict[str, Any]
+) -> dict[str, Any]:
+    """Create a task, or store one as ``stored`` and update it, with
+    ``values``; return it as saved."""
+    project = service.create("project", {"name": "Launch"})
+    base = {"name": "Write the plan", "project": project["id"]}
+    if stored is None:
+        return service.create("task", {**base, **values})
+    task = service.create("task", base)
+    table = service.runtime.tables["task"]
+    with service.runtime.engine.begin() as conn:
+        conn.execute(table.update().where(table.c.id == task["id"]).values(stored))
+    return service.update("task", task["id"], values)
+
+
+@pytest.mark.parametrize(("stored", "values", "expected"), FLOW_CASES)
+def test_task_before_save_flow(
+    tracker: RecordService,
+    stored: dict[str, Any] | None,
+    values: dict[str, Any],
+    expected: tuple[str, int | None],
+) -> None:
+    task = task_after(tracker, stored, values)
+    status, percent = expected
+    assert task["status"] == status
+    if percent is None:
+        assert task["percent_complete"] is None
+    else:
+        assert task["percent_complete"] == decimal.Decimal(percent)
