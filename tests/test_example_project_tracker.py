@@ -235,6 +235,21 @@ def test_tenant_rejects_formula_input(platform: Platform) -> None:
     }
 
 
+def test_new_property_listed_today(platform: Platform) -> None:
+    """Dreamhouse's Create_property flow creates a property available and
+    listed today, unless the agent gives other values."""
+    runtime = platform.create_tenant("tracker", EXAMPLE, name="Tracker")
+    admin = make_member(platform, "tracker", ADMIN_EMAIL, "admin")
+    service = RecordService(runtime, admin, "en")
+    listed = service.create("property", {"name": "12 Elm Street"})
+    assert listed["status"] == "available"
+    assert listed["date_listed"] == dt.datetime.now(dt.UTC).date()
+    given = service.create("property", {"name": "3 Oak Lane", "status": "pre_market",
+                                        "date_listed": "2027-01-01"})
+    assert given["status"] == "pre_market"
+    assert given["date_listed"] == JAN_1
+
+
 # PMT_Task_Before_Automation, a before-save flow on create and update, as the
 # automation rules task_sync_1 to task_sync_4. The flow tests its decisions in
 # this order and stops at the first that holds:
