@@ -4,10 +4,10 @@ The record service calls ``before_save`` with the record about to be
 written, which applies the ``set_fields`` and ``assign_owner`` actions of the
 matching rules in name order, each rule seeing the changes of the ones
 before it. Once the record is written and journaled, ``after_save`` runs the
-other actions of those rules in the same transaction: records created there
-are written by the same code path (so their own rules, formulas and
-automation run), notifications go to ``_notifications`` and webhook calls to
-the outbox, so that nothing of it exists if the write rolls back.
+other actions of those rules in the same transaction. Records created there
+go through the same code path, so their own rules, formulas and automation
+run. Notifications go to ``_notifications`` and webhook calls to the outbox.
+If the write rolls back, none of it remains.
 
 Actions run in system context: they need no permission of the user whose
 write triggered them, and their journal entries name that user. A rule that
@@ -45,14 +45,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("crm_platform")
 
-#: How many records created by automation may trigger automation in turn.
+#: Maximum depth of records created by automation that trigger automation.
 MAX_DEPTH = 5
 #: Actions that change the triggering record before it is written.
 BEFORE_SAVE = frozenset({"set_fields", "assign_owner"})
 #: Key of the compiled process expressions in ``Entity.derived``.
 CACHE_KEY = "process_expressions"
-#: Most records one run of a time trigger handles, so that a worker tick is
-#: bounded; the rest wait for the next tick.
+#: Maximum number of records one run of the time rules handles, so that a
+#: worker tick is bounded. The rest wait for the next tick.
 TIME_BATCH = 500
 #: How late a time trigger may still run. A worker that was stopped for
 #: longer skips the older times, and a rule added today does not fire for

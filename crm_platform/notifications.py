@@ -2,8 +2,8 @@
 for members of a tenant, each read only by the member it is for.
 
 A notification keeps its message in every locale of the definition, with the
-record's values already filled in, so that it reads the same later even if
-the record changes, in the language of whoever opens it.
+record's values already filled in. It reads the same later even if the record
+changes, and each member reads it in their own language.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from .errors import NotFound
 _SERVICE_TABLES = sa.MetaData()
 build_service_tables(_SERVICE_TABLES)
 NOTIFICATIONS = _SERVICE_TABLES.tables["_notifications"]
-#: Most notifications one page or API call returns.
+#: Maximum number of notifications one page or API call returns.
 PAGE_SIZE = 50
 
 

@@ -1,8 +1,8 @@
 """Workflows: records moving through the states of a picklist field.
 
-A workflow (``workflows/NAME.json``) names the picklist that holds the
+A workflow (``workflows/NAME.json``) names the picklist that contains the
 state, the state new records start in, and the transitions between states.
-The record service refuses every other change of that field, on every write
+The record service rejects every other change of that field, on every write
 path, so the only way to move a record is ``WorkflowService.transition``.
 
 A transition needs the edit right on the record, a role it lists, the record
@@ -39,7 +39,7 @@ _SERVICE_TABLES = sa.MetaData()
 build_service_tables(_SERVICE_TABLES)
 TRANSITIONS = _SERVICE_TABLES.tables["_transitions"]
 REQUESTS = _SERVICE_TABLES.tables["_approval_requests"]
-#: Most history entries one record's page shows.
+#: Maximum number of history entries or requests read for one record.
 HISTORY_LIMIT = 200
 MAX_COMMENT_LENGTH = 2_000
 
@@ -47,14 +47,14 @@ MAX_COMMENT_LENGTH = 2_000
 @dataclass(frozen=True)
 class Option:
     """A transition of a record's workflow and whether the actor may take
-    it now; ``reason`` says why not."""
+    it now. ``reason`` explains a refusal in English."""
 
     workflow: Workflow
     transition: Transition
     allowed: bool
     reason: str | None = None
-    #: What stands in the way, for callers that word it themselves: "state",
-    #: "edit", "role" or "pending"; None when allowed.
+    #: The kind of refusal, for callers that word it themselves: "state",
+    #: "edit", "role" or "pending". None when allowed.
     code: str | None = None
 
 
