@@ -328,6 +328,12 @@ def carries_id(world: World, probe: Probe) -> bool:
     has_body = probe.json is not None or probe.form is not None
     if not has_body or "entity" not in arguments:
         return False
+    if probe.form is not None:
+        # An HTML form reads only the fields it shows, so a lookup shown on
+        # the detail page alone (set by a workflow) carries nothing.
+        form = world.globex.runtime.entity(probe.entity).form
+        shown = set(form.fields_for("create")) | set(form.fields_for("edit"))
+        return any(name in shown for name in lookup_names(world, probe.entity))
     return bool(lookup_names(world, probe.entity))
 
 

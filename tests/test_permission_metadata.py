@@ -382,7 +382,8 @@ def test_stored_nested_key_rejected() -> None:
         "roles/sub/rep.json: unexpected document key 'roles/sub/rep.json' (use "
         "'definition.json', 'entities/NAME.json', 'roles/NAME.json', "
         "'permission_sets/NAME.json', 'sharing_rules/NAME.json', "
-        "'permission_tests/NAME.json' or 'rule_tests/NAME.json')",
+        "'permission_tests/NAME.json', 'rule_tests/NAME.json', "
+        "'workflows/NAME.json' or 'automations/NAME.json')",
     )
 
 
