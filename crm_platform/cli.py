@@ -1160,6 +1160,7 @@ def keys_rotate(slug: str | None, batch_size: int, data_dir: Path | None) -> Non
     of METACRM_ENCRYPTION_KEYS). Safe to interrupt and run again."""
     from functools import partial
 
+    from . import webhooks
     from .crypto import count_pending, rotate_tenant
 
     _, platform = open_platform(data_dir)
@@ -1176,8 +1177,11 @@ def keys_rotate(slug: str | None, batch_size: int, data_dir: Path | None) -> Non
             rotated = run_safely(
                 partial(rotate_tenant, runtime, ring, bar.update, batch_size)
             )
-        click.echo(f"{runtime.slug}: re-encrypted {rotated} rows with key "
-                   f"{ring.active_id}")
+        secrets = run_safely(
+            partial(webhooks.reencrypt_secrets, runtime.engine, ring)
+        )
+        click.echo(f"{runtime.slug}: re-encrypted {rotated} rows and {secrets} "
+                   f"webhook secrets with key {ring.active_id}")
 
 
 def _key_tenants(platform: Platform, slug: str | None) -> list[Any]:

@@ -286,6 +286,32 @@ def set_active(engine: sa.Engine, name: str, active: bool) -> Endpoint:
     return get_endpoint(engine, name)
 
 
+def reencrypt_secrets(engine: sa.Engine, ring: KeyRing) -> int:
+    """Encrypt again, with the ring's active key, every endpoint secret that
+    another key encrypted, and return how many changed. A secret rotated
+    meanwhile is left as it is."""
+    from .crypto import stored_key_id
+
+    changed = 0
+    with engine.begin() as conn:
+        rows = conn.execute(sa.select(ENDPOINTS.c.name, ENDPOINTS.c.secret)).all()
+        for name, token in rows:
+            if stored_key_id(token) == ring.active_id:
+                continue
+            context = _secret_context(name)
+            fresh = ring.encrypt(ring.decrypt(token, context), context)
+            result = conn.execute(
+                ENDPOINTS.update()
+                .where(ENDPOINTS.c.name == name, ENDPOINTS.c.secret == token)
+                .values(secret=fresh)
+            )
+            changed += result.rowcount
+    if changed:
+        log.info("re-encrypted %d webhook secrets with key %s", changed,
+                 ring.active_id)
+    return changed
+
+
 def endpoint_secret(engine: sa.Engine, ring: KeyRing, name: str) -> str:
     """Return an endpoint's secret, decrypted."""
     with engine.connect() as conn:

@@ -24,6 +24,7 @@ from click.testing import CliRunner
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+from crm_platform import webhooks
 from crm_platform.access import ASSIGNMENTS
 from crm_platform.archive import import_archive, write_archive
 from crm_platform.cli import main
@@ -35,6 +36,7 @@ from crm_platform.crypto import (
     count_key_ids,
     new_key_line,
     rotate_tenant,
+    stored_key_id,
 )
 from crm_platform.errors import RecordInvalid
 from crm_platform.exporter import export
@@ -307,12 +309,24 @@ def test_cli_rotate_and_status(
     admin = make_member(platform, "acme", "admin@example.com", "admin")
     service = platform.records(platform.runtime("acme"), admin)
     service.create("contact", {"name": "Li", "national_id": NATIONAL_ID})
+    _, secret = webhooks.add_endpoint(platform.runtime("acme").engine,
+                                      platform.key_ring, "erp",
+                                      "https://erp.example/hooks")
     platform.dispose()
 
-    monkeypatch.setenv("METACRM_ENCRYPTION_KEYS", f"{new_key_line('k2')},{first}")
+    second = f"{new_key_line('k2')},{first}"
+    monkeypatch.setenv("METACRM_ENCRYPTION_KEYS", second)
     rotated = runner.invoke(main, ["keys", "rotate", "--data-dir", data_dir])
     assert rotated.exit_code == 0, rotated.output
-    assert "acme: re-encrypted 1 rows with key k2" in rotated.output
+    assert ("acme: re-encrypted 1 rows and 1 webhook secrets with key k2"
+            in rotated.output)
+    platform = Platform(dataclasses.replace(backend, encryption_keys=second))
+    engine = platform.runtime("acme").engine
+    with engine.connect() as conn:
+        token = conn.execute(sa.select(webhooks.ENDPOINTS.c.secret)).scalar_one()
+    assert stored_key_id(token) == "k2"
+    assert webhooks.endpoint_secret(engine, platform.key_ring, "erp") == secret
+    platform.dispose()
     status = runner.invoke(main, ["keys", "status", "--tenant", "acme",
                                   "--data-dir", data_dir])
     assert status.exit_code == 0, status.output
