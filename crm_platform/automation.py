@@ -525,11 +525,13 @@ class _Blank(dict[str, str]):
 
 def fill_message(entity: Entity, text: str, record: Mapping[str, Any]) -> str:
     """Replace each ``{field}`` of ``text`` with the record's value; a
-    sensitive field shows masked."""
+    sensitive field shows no character of its value."""
     values = _Blank()
     shown = record_to_json(entity, record)
     for name, value in shown.items():
-        if isinstance(value, list):
+        if entity.has_field(name) and entity.field(name).sensitive:
+            values[name] = "••••"
+        elif isinstance(value, list):
             values[name] = ", ".join(map(str, value))
         elif value is not None:
             values[name] = str(value)

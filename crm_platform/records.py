@@ -26,7 +26,7 @@ from marshmallow import ValidationError
 from uuid_utils import uuid7
 
 from metadata_engine.messages import messages_for
-from metadata_engine.model import ADMIN_ROLE, SYSTEM_COLUMNS, Entity, Field
+from metadata_engine.model import ADMIN_ROLE, SYSTEM_COLUMNS, Definition, Entity, Field
 from metadata_engine.record_rules import (
     apply_record_rules,
     field_expressions,
@@ -584,6 +584,8 @@ class RecordService:
                 self._refresh_rollups(conn, other, [row])
             entries.deleted(entity, before)
             entries.write(conn)
+            _cancel_requests(conn, self.runtime.definition,
+                             [(entity_name, before), *cascaded])
             run = automation.Run(self, conn, entries, dt.datetime.now(dt.UTC))
             rules = automation.before_save(run, entity, before, before, "delete")
             automation.after_save(run, entity, before, before, rules, "delete")
@@ -972,7 +974,7 @@ class RecordService:
                 errors[key] = [self.messages["read_only"]]
             elif access.level(key) != "editable" and entity.has_field(key):
                 errors[key] = [self.messages["field_not_editable"]]
-            elif isinstance(value, str) and not _storable(value):
+            elif isinstance(value, str) and not storable(value):
                 errors[key] = [self.messages["invalid_text"]]
             elif key == "owner_id" and value and not self._may_own(str(value)):
                 errors[key] = [self.messages["owner_not_member"].format(input=value)]
@@ -1435,6 +1437,33 @@ class RecordService:
         )
 
 
+def _cancel_requests(
+    conn: sa.Connection,
+    definition: Definition,
+    deleted: Iterable[tuple[str, Mapping[str, Any]]],
+) -> None:
+    """Cancel the pending approval requests of deleted records, which no
+    approval can complete any more."""
+    requests = _SERVICE_TABLES.tables["_approval_requests"]
+    now = dt.datetime.now(dt.UTC)
+    for entity_name, row in deleted:
+        if not any(
+            transition.approval
+            for workflow in definition.workflows_for(entity_name)
+            for transition in workflow.transitions
+        ):
+            continue
+        conn.execute(
+            requests.update()
+            .where(
+                requests.c.entity == entity_name,
+                requests.c.record_id == str(row["id"]),
+                requests.c.status == "pending",
+            )
+            .values(status="cancelled", decided_at=now)
+        )
+
+
 def _as_stored(
     table: sa.Table, entity: Entity, values: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -1484,7 +1513,7 @@ def _updated_row(
     return after
 
 
-def _storable(text: str) -> bool:
+def storable(text: str) -> bool:
     """Return False for text no database should store: NUL characters
     (PostgreSQL rejects them) and lone surrogates (not valid UTF-8)."""
     if "\x00" in text:
@@ -1510,7 +1539,7 @@ def _passes_guards(read_only: frozenset[str], row: Mapping[str, Any]) -> bool:
         return False
     for value in row.values():
         if isinstance(value, str) and (
-            len(value) > MAX_VALUE_LENGTH or not _storable(value)
+            len(value) > MAX_VALUE_LENGTH or not storable(value)
         ):
             return False
     return True

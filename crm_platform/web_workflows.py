@@ -248,6 +248,8 @@ def refusal_text(option: Option) -> str | None:
         return gettext("Your role may not edit these records.")
     if option.code == "pending":
         return gettext("An approval request for this workflow is pending.")
+    if option.code == "edit" and option.reason == "you may not edit this record":
+        return gettext("You may not edit this record.")
     return option.reason
 
 
@@ -785,10 +787,10 @@ def openapi_components() -> dict[str, dict[str, Any]]:
                        "description": "Why the caller may not take it now."},
             "reason_code": {
                 "type": ["string", "null"],
-                "enum": ["state", "edit", "role", "pending", None],
+                "enum": ["state", "edit", "role", "pending", "guard", None],
                 "description": "The reason as a code: the record's state, no "
-                "edit right, a role the transition does not list, or a "
-                "pending approval request.",
+                "edit right, a role the transition does not list, a pending "
+                "approval request, or a guard that the record fails.",
             },
             "required_fields": names,
             "approval": {"type": "boolean",

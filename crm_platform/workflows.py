@@ -19,19 +19,20 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 from uuid_utils import uuid7
 
+from metadata_engine.expressions import ExpressionError
 from metadata_engine.model import ADMIN_ROLE, Entity, Transition, Workflow
 from metadata_engine.tables import build_service_tables
 
 from . import automation, notifications
 from .access import Access
 from .errors import Conflict, Forbidden, NotFound, RecordInvalid
-from .records import RecordService, _read_row
+from .records import RecordService, _read_row, storable
 
 log = logging.getLogger("crm_platform")
 
@@ -54,7 +55,7 @@ class Option:
     allowed: bool
     reason: str | None = None
     #: The kind of refusal, for callers that word it themselves: "state",
-    #: "edit", "role" or "pending". None when allowed.
+    #: "edit", "role", "pending" or "guard". None when allowed.
     code: str | None = None
 
 
@@ -100,6 +101,8 @@ class ApprovalRequest:
     approvers: tuple[str, ...]
     decisions: tuple[Mapping[str, Any], ...]
     status: str
+    #: The field values the transition writes when approved, as JSON.
+    values: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def approvals(self) -> int:
@@ -119,6 +122,7 @@ class ApprovalRequest:
             "approvers": list(self.approvers),
             "decisions": [dict(item) for item in self.decisions],
             "status": self.status,
+            "values": dict(self.values),
         }
 
 
@@ -145,10 +149,15 @@ class WorkflowService:
     def options(self, entity_name: str, record_id: str) -> list[Option]:
         """Return every transition from the record's current states, with
         whether the actor may take it now."""
-        record = self.records.get(entity_name, record_id)
+        self.records.get(entity_name, record_id)
         access = self.records.access(entity_name)
         workflows = self.runtime.definition.workflows_for(entity_name)
-        pending = self._pending_workflows(entity_name, record_id)
+        table = self.runtime.tables[entity_name]
+        with self.runtime.engine.connect() as conn:
+            # The whole row: guards may read fields hidden from the actor.
+            record = _read_row(conn, table, record_id) or {}
+            editable = self.records._passes(conn, access, "edit", record_id)
+            pending = _pending_in(conn, entity_name, record_id)
         options: list[Option] = []
         for workflow in workflows:
             state = record.get(workflow.field)
@@ -156,11 +165,41 @@ class WorkflowService:
                 if state not in transition.sources:
                     continue
                 refusal = self._refusal(access, workflow, transition, record, pending)
+                if refusal is None and not editable:
+                    refusal = ("edit", "you may not edit this record")
+                if refusal is None:
+                    refusal = self._guard_refusal(access.entity, transition, record)
                 code, reason = refusal if refusal else (None, None)
                 options.append(
                     Option(workflow, transition, refusal is None, reason, code)
                 )
         return options
+
+    def _guard_refusal(
+        self, entity: Entity, transition: Transition, record: Mapping[str, Any]
+    ) -> tuple[str, str] | None:
+        """Return why the guard of ``transition`` fails on the stored record,
+        or None. A guard that reads a field the transition asks for is not
+        judged, since the input may change the answer."""
+        if transition.when is None:
+            return None
+        guard = automation.expression(entity, transition.when)
+        if guard.names & set(transition.required_fields):
+            return None
+        user = {"id": self.actor.user_id, "role": self.actor.role}
+        now = dt.datetime.now(dt.UTC)
+        values = automation.scope(entity, record, record, user, now)
+        try:
+            if guard.evaluate(values) is True:
+                return None
+        except ExpressionError:
+            return None
+        message = (
+            transition.guard_message.get(self.records.locale)
+            if transition.guard_message
+            else f"the condition {transition.when} does not hold"
+        )
+        return "guard", message
 
     def history(self, entity_name: str, record_id: str) -> list[Step]:
         """Return the record's transitions, newest first; the actor must be
@@ -239,8 +278,14 @@ class WorkflowService:
         entity = access.entity
         workflow, transition = self._find(entity, name)
         comment = _check_comment(comment)
+        if workflow.field in (data or {}):
+            message = self.records.messages["state_by_transition"]
+            raise RecordInvalid(
+                f"invalid transition values: {workflow.field!r} is the state, which "
+                f"transition {name!r} sets to {transition.target!r}; leave it out",
+                details={workflow.field: [message]},
+            )
         values = self.records._load(entity, data or {}, partial=True, access=access)
-        values.pop(workflow.field, None)
         entries = self.records._journal()
         now = dt.datetime.now(dt.UTC)
         with self.runtime.engine.begin() as conn:
@@ -452,6 +497,7 @@ class WorkflowService:
             approvers=tuple(sorted(approvers)),
             decisions=(),
             status="pending",
+            values=automation.plain_json(entity, values),
         )
         run.conn.execute(REQUESTS.insert().values(
             id=request.id,
@@ -462,7 +508,7 @@ class WorkflowService:
             requested_by=request.requested_by,
             requested_at=request.requested_at,
             comment=comment,
-            input=automation.plain_json(entity, values),
+            input=dict(request.values),
             required=request.required,
             approvers=list(request.approvers),
             decisions=[],
@@ -498,13 +544,17 @@ class WorkflowService:
             entries.start(conn)
             request = _read_request(conn, request_id, lock=True)
             if request is None or (
-                me not in request.approvers and me != request.requested_by
+                me not in request.approvers
+                and me != request.requested_by
+                and not self.records.readable(request.entity, request.record_id)
             ):
                 raise NotFound(f"approval request {request_id!r} does not exist")
             if me not in request.approvers:
                 raise Forbidden(
-                    f"you asked for approval request {request_id!r}, so you "
-                    "cannot decide it; one of its approvers must"
+                    f"you are not an approver of approval request {request_id!r}, "
+                    "so you cannot decide it; one of its approvers must, or the "
+                    "requester may withdraw it",
+                    details={"approvers": list(request.approvers)},
                 )
             if request.status != "pending":
                 raise Conflict(
@@ -603,6 +653,19 @@ class WorkflowService:
         ).scalar() or {}
         access = self.records.system_access(entity.name)
         values = self.records._load(entity, stored, partial=True, access=access)
+        # The record may have changed since the request: its guard and
+        # required fields must still hold, or the approval changes nothing.
+        try:
+            self._check_conditions(
+                entity, transition, {**before, **values}, before, run.now
+            )
+        except RecordInvalid as err:
+            raise Conflict(
+                f"approval request {request.id!r} cannot complete, because the "
+                f"record changed since it was made: {err.message}; the requester "
+                "should withdraw it, correct the record and ask again",
+                details=err.details,
+            ) from err
         approvers = tuple(
             item["user_id"] for item in decisions if item["decision"] == "approve"
         )
@@ -718,6 +781,12 @@ def _check_comment(comment: Any) -> str | None:
             f"a comment must be text, not {type(comment).__name__}",
             details={"comment": ["must be text"]},
         )
+    if not storable(comment):
+        raise RecordInvalid(
+            "invalid comment: it contains a NUL or another control character "
+            "that text cannot hold; remove it",
+            details={"comment": ["contains a control character"]},
+        )
     if len(comment) > MAX_COMMENT_LENGTH:
         raise RecordInvalid(
             f"the comment has {len(comment):,} characters, more than "
@@ -765,4 +834,5 @@ def _request(row: sa.RowMapping) -> ApprovalRequest:
         approvers=tuple(row["approvers"] or ()),
         decisions=tuple(row["decisions"] or ()),
         status=row["status"],
+        values=dict(row["input"] or {}),
     )

@@ -105,6 +105,10 @@ def check_documents(
         processes,
         references,
         [doc["name"] for doc in _in_folder(documents, "roles").values()],
+        [
+            *_in_folder(documents, "roles").values(),
+            *_in_folder(documents, "permission_sets").values(),
+        ],
     )
     return reporter.problems
 

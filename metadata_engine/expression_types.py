@@ -212,8 +212,32 @@ def _relation(inference: _Inference, node: lark.Tree) -> str | None:
     operator, left_node, right_node = parts
     left, right = inference.infer(left_node), inference.infer(right_node)
     if operator.data != "relation_in":
-        _check_mixed(inference, operator, left, right, "compares")
+        mixed = _check_mixed(inference, operator, left, right, "compares")
+        if not mixed and operator.data in _ORDERINGS:
+            _check_ordering(inference, operator, left, right)
     return "bool"
+
+
+#: Relations that order their operands, which CEL defines only for two
+#: operands of the same type.
+_ORDERINGS = frozenset({"relation_lt", "relation_le", "relation_gt", "relation_ge"})
+
+
+def _check_ordering(
+    inference: _Inference, node: lark.Tree, left: str | None, right: str | None
+) -> None:
+    """Report an ordering of two different known types, such as a text
+    field compared with a number, which fails on every record."""
+    unknown = (None, "null_type", "dyn")
+    if left in unknown or right in unknown or left == right:
+        return
+    inference.problem(
+        node,
+        f"the expression orders {with_article(str(left))} against "
+        f"{with_article(str(right))}, which CEL cannot compare: compare values "
+        "of the same type, for example a date field with timestamp(\"2026-01-01"
+        "T00:00:00Z\")",
+    )
 
 
 def _arithmetic(inference: _Inference, node: lark.Tree) -> str | None:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
+import lark
+
 from metadata_engine.expression_types import (
     FIELD_CEL_TYPES,
     FUNCTION_TYPES,
@@ -61,10 +63,12 @@ class _Scope:
     #: The transitions of the entity's workflows, by name: whether each
     #: needs an approval.
     transitions: Mapping[str, bool]
+    #: Fields of the entity that some role or permission set hides.
+    hidden: frozenset[str] = frozenset()
 
     def with_alias(self, alias: str) -> _Scope:
         types = {**self.types, alias: "map"}
-        return _Scope(self.report, self.fields, types, self.transitions)
+        return _Scope(self.report, self.fields, types, self.transitions, self.hidden)
 
 
 def check_processes(
@@ -72,9 +76,11 @@ def check_processes(
     documents: Mapping[str, Document],
     refs: References,
     role_names: Collection[str],
+    grantees: Collection[Document] = (),
 ) -> None:
     """Check every workflow and automation rule among ``documents`` (merged
-    documents by key) against the entities and declared roles."""
+    documents by key) against the entities, the declared roles and the
+    field levels of ``grantees`` (role and permission set documents)."""
     roles = sorted({ADMIN_ROLE, *role_names, *(
         PurePosixPath(key).stem
         for key in refs.broken_documents
@@ -94,12 +100,24 @@ def check_processes(
         if fields is None:
             continue
         scope = _Scope(report, fields, _types(fields),
-                       transitions.get(document["entity"], {}))
+                       transitions.get(document["entity"], {}),
+                       _hidden_fields(grantees, document["entity"]))
         if key.startswith("workflows/"):
             _check_workflow(scope, document, roles, refs, state_fields, key)
         else:
             _check_automation(scope, document, roles, refs)
     _check_state_fields_untouched(report_for, documents, state_fields)
+
+
+def _hidden_fields(grantees: Collection[Document], entity: str) -> frozenset[str]:
+    hidden: set[str] = set()
+    for grantee in grantees:
+        for name, grant in grantee.get("entities", {}).items():
+            if name not in (entity, "*") or not isinstance(grant, Mapping):
+                continue
+            levels = grant.get("fields", {})
+            hidden.update(field for field, level in levels.items() if level == "hidden")
+    return frozenset(hidden)
 
 
 def _entity_fields(
@@ -370,6 +388,7 @@ def _check_create(
     if entity in refs.entities:
         target = refs.fields_of(entity)
         _check_values(scope, f"{pointer}/values", action["values"], target, None)
+        _check_required_given(scope, f"{pointer}/values", action["values"], target)
     elif entity not in refs.broken_entities:
         known = sorted(refs.entities)
         scope.report(f"{pointer}/entity", f"entity {entity!r} does not exist",
@@ -400,6 +419,9 @@ def _check_values(
         if item is None:
             if name == "owner_id":
                 _check_expression(scope, at, source, "string")
+            elif name in SYSTEM_COLUMNS:
+                scope.report(at, f"{name!r} is a system column, which the "
+                             "platform sets", "remove it from the values")
             elif name not in target.skipped:
                 scope.report(at, f"field {target.entity}.{name} does not exist",
                              target.unknown_column_hint(name))
@@ -410,6 +432,30 @@ def _check_values(
                          "remove it from the values")
             continue
         _check_expression(scope, at, source, FIELD_CEL_TYPES.get(item["type"]))
+
+
+def _check_required_given(
+    scope: _Scope, pointer: str, values: Mapping[str, str], target: EntityFields
+) -> None:
+    """Report the required fields of a created record that the action leaves
+    empty and that have no default, since every such create would fail."""
+    missing = [
+        name
+        for name, item in target.by_name.items()
+        if item.get("required")
+        and name not in values
+        and "default" not in item
+        and "default_expr" not in item
+        and not item.get("formula")
+        and item["type"] not in COMPUTED_TYPES
+    ]
+    if missing:
+        scope.report(
+            pointer,
+            f"the created {target.entity} leaves the required field(s) "
+            f"{', '.join(missing)} empty, so creating it always fails",
+            "give each of them a value here, or a default in the entity",
+        )
 
 
 def _unsettable(item: Document, state_field: str | None) -> str | None:
@@ -445,6 +491,13 @@ def _check_notify(
                     f"{pointer}/message",
                     f"message {text!r} refers to {{{name}}}, which is not a field",
                     suggest(name, known) + "use {field} with a field of the record",
+                )
+            elif name in scope.hidden:
+                scope.report(
+                    f"{pointer}/message",
+                    f"message {text!r} shows {{{name}}}, which some role or "
+                    "permission set hides, so a recipient could read it",
+                    "leave the field out of the message",
                 )
 
 
@@ -498,6 +551,17 @@ def _check_expression(
             suggest(function, FUNCTION_TYPES) + "use one of: "
             + ", ".join(sorted(FUNCTION_TYPES)),
         )
+    known = [*scope.fields.by_name, *SYSTEM_COLUMNS]
+    for name, token in _previous_members(expression.tree):
+        if name not in known and name not in scope.fields.skipped:
+            scope.report(
+                pointer,
+                f"invalid expression: previous.{name} at line {token.line}, "
+                f"column {token.column} in {source!r} is not a field of "
+                f"{scope.fields.entity!r}",
+                suggest(name, known) + "previous holds the record's fields and "
+                "system columns as stored before the write",
+            )
     result, problems = infer_type(expression.tree, scope.types)
     for problem in problems:
         scope.report(
@@ -513,6 +577,23 @@ def _check_expression(
             f"{with_article(str(expected))}",
             f"write an expression that gives {with_article(str(expected))}",
         )
+
+
+def _previous_members(tree: lark.Tree) -> list[tuple[str, lark.Token]]:
+    """Return the names read as ``previous.NAME`` in ``tree``."""
+    found: list[tuple[str, lark.Token]] = []
+    for node in tree.iter_subtrees():
+        if node.data != "member_dot" or len(node.children) != 2:
+            continue
+        inner, name = node.children
+        if not isinstance(name, lark.Token) or not isinstance(inner, lark.Tree):
+            continue
+        idents = [
+            token for token in inner.scan_values(lambda v: isinstance(v, lark.Token))
+        ]
+        if len(idents) == 1 and str(idents[0]) == "previous":
+            found.append((str(name), name))
+    return found
 
 
 def _mismatch(expected: str | None, result: str | None) -> bool:

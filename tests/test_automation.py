@@ -262,3 +262,42 @@ def test_time_trigger_ignores_old_dates(platform: Platform, tmp_path: Path) -> N
     service.create("job", {"name": "Paint", "status": "open", "due": "2025-01-01"})
     now = dt.datetime(2026, 3, 2, 12, tzinfo=dt.UTC)
     assert run_time_triggers(platform, service.runtime, now) == 0
+
+
+def test_previous_typo_reported() -> None:
+    bad = rule("x", "job", {"on": "update"},
+               {"type": "set_fields", "values": {"progress": "0"}},
+               when="previous.statu != status")
+    problems = problems_of(lambda: compile_documents(definition(bad)))
+    assert any("previous.statu" in str(p) and "'status'" in str(p)
+               for p in problems)
+
+
+def test_created_record_needs_required() -> None:
+    docs = definition(rule("x", "job", {"on": "create"},
+                           {"type": "create_record", "entity": "note",
+                            "values": {"job": "id"}}))
+    docs["entities/note.json"]["fields"][0]["required"] = True
+    problems = problems_of(lambda: compile_documents(docs))
+    assert any("leaves the required field(s) name empty" in p.message
+               for p in problems)
+
+
+def test_system_column_value_reported() -> None:
+    bad = rule("x", "job", {"on": "create"},
+               {"type": "create_record", "entity": "note",
+                "values": {"name": "name", "created_by": "owner_id"}})
+    problems = problems_of(lambda: compile_documents(definition(bad)))
+    assert any("'created_by' is a system column" in p.message for p in problems)
+
+
+def test_hidden_field_in_message_reported() -> None:
+    docs = definition(rule("x", "job", {"on": "create"},
+                           {"type": "notify", "to": {"owner": True},
+                            "message": "{name} costs {progress}"}))
+    docs["roles/worker.json"] = {
+        "name": "worker", "label": "Worker",
+        "entities": {"job": {"read": "all", "fields": {"progress": "hidden"}}},
+    }
+    problems = problems_of(lambda: compile_documents(docs))
+    assert any("shows {progress}, which some role" in p.message for p in problems)

@@ -45,7 +45,8 @@ def definition(**workflow_changes: Any) -> dict[str, Any]:
             field("amount", "integer"),
             field("resolution", "long_text"),
         ),
-        entity("task", field("ticket", "lookup", target="ticket")),
+        entity("task", field("ticket", "lookup", target="ticket",
+                             on_delete="cascade")),
     )
     workflow = {
         "name": "handling",
@@ -211,7 +212,8 @@ def test_approval_by_owners_manager(
     platform: Platform, runtime: TenantRuntime, agent: RecordService,
     admin: RecordService,
 ) -> None:
-    boss = make_member(platform, runtime.slug, "boss@desk.example", "agent")
+    boss = make_member(platform, runtime.slug, f"boss@{runtime.slug}.example",
+                       "agent")
     SharingService(platform, runtime, admin.actor).set_manager(
         agent.actor.user_id, boss.user_id
     )
@@ -239,7 +241,8 @@ def test_requester_cannot_approve(
     platform: Platform, runtime: TenantRuntime, agent: RecordService,
     admin: RecordService,
 ) -> None:
-    boss = make_member(platform, runtime.slug, "boss@desk.example", "agent")
+    boss = make_member(platform, runtime.slug, f"boss@{runtime.slug}.example",
+                       "agent")
     SharingService(platform, runtime, admin.actor).set_manager(
         agent.actor.user_id, boss.user_id
     )
@@ -254,7 +257,8 @@ def test_rejection_keeps_state(
     platform: Platform, runtime: TenantRuntime, agent: RecordService,
     admin: RecordService,
 ) -> None:
-    boss = make_member(platform, runtime.slug, "boss@desk.example", "agent")
+    boss = make_member(platform, runtime.slug, f"boss@{runtime.slug}.example",
+                       "agent")
     SharingService(platform, runtime, admin.actor).set_manager(
         agent.actor.user_id, boss.user_id
     )
@@ -288,3 +292,107 @@ def test_rule_cannot_take_approved_transition() -> None:
     }
     problems = problems_of(lambda: compile_documents(docs))
     assert any("needs an approval" in p.message for p in problems)
+
+
+def boss_of(
+    platform: Platform, runtime: TenantRuntime, agent: RecordService,
+    admin: RecordService,
+) -> RecordService:
+    boss = make_member(platform, runtime.slug, f"boss@{runtime.slug}.example",
+                       "agent")
+    SharingService(platform, runtime, admin.actor).set_manager(
+        agent.actor.user_id, boss.user_id
+    )
+    return platform.records(runtime, boss)
+
+
+def test_approval_rechecks_changed_record(
+    platform: Platform, tmp_path: Path
+) -> None:
+    docs = definition()
+    docs["workflows/handling.json"]["transitions"][2]["required_fields"] = [
+        "resolution"
+    ]
+    runtime = platform.create_tenant("desk2", write_folder(tmp_path / "d2", docs))
+    agent = platform.records(
+        runtime, make_member(platform, "desk2", "agent@desk2.example", "agent")
+    )
+    admin = platform.records(
+        runtime, make_member(platform, "desk2", "admin@desk2.example", "admin")
+    )
+    boss = boss_of(platform, runtime, agent, admin)
+    ticket_id = resolved_ticket(agent)
+    request = WorkflowService(agent).transition("ticket", ticket_id, "close").request
+    assert request is not None
+    agent.update("ticket", ticket_id, {"resolution": ""})
+    with pytest.raises(Conflict, match="record changed since it was made"):
+        WorkflowService(boss).decide(request.id, approve=True)
+    assert WorkflowService(boss).get_request(request.id).status == "pending"
+    assert agent.get("ticket", ticket_id)["status"] == "resolved"
+
+
+def test_request_shows_values(
+    platform: Platform, runtime: TenantRuntime, agent: RecordService,
+    admin: RecordService,
+) -> None:
+    boss_of(platform, runtime, agent, admin)
+    ticket_id = resolved_ticket(agent)
+    outcome = WorkflowService(agent).transition("ticket", ticket_id, "close",
+                                                {"amount": 12})
+    assert outcome.request is not None
+    assert outcome.request.as_json()["values"] == {"amount": 12}
+
+
+def test_state_in_values_rejected(agent: RecordService) -> None:
+    ticket = agent.create("ticket", {"name": "Printer"})
+    with pytest.raises(RecordInvalid, match="'status' is the state"):
+        WorkflowService(agent).transition("ticket", ticket["id"], "assign",
+                                          {"status": "closed"})
+
+
+def test_nul_comment_rejected(agent: RecordService) -> None:
+    ticket = agent.create("ticket", {"name": "Printer"})
+    with pytest.raises(RecordInvalid, match="control character"):
+        WorkflowService(agent).transition("ticket", ticket["id"], "assign",
+                                          comment="a\x00b")
+
+
+def test_admin_cannot_decide_others_request(
+    platform: Platform, runtime: TenantRuntime, agent: RecordService,
+    admin: RecordService,
+) -> None:
+    boss_of(platform, runtime, agent, admin)
+    ticket_id = resolved_ticket(agent)
+    request = WorkflowService(agent).transition("ticket", ticket_id, "close").request
+    assert request is not None
+    with pytest.raises(Forbidden, match="not an approver"):
+        WorkflowService(admin).decide(request.id, approve=True)
+
+
+def test_delete_cancels_pending_request(
+    platform: Platform, runtime: TenantRuntime, agent: RecordService,
+    admin: RecordService,
+) -> None:
+    boss = boss_of(platform, runtime, agent, admin)
+    ticket_id = resolved_ticket(agent)
+    request = WorkflowService(agent).transition("ticket", ticket_id, "close").request
+    assert request is not None
+    admin.delete("ticket", ticket_id)
+    assert WorkflowService(admin).awaiting_me() == []
+    assert WorkflowService(boss).awaiting_me() == []
+
+
+def test_options_judge_guard_on_record(agent: RecordService) -> None:
+    flows = WorkflowService(agent)
+    ticket = agent.create("ticket", {"name": "Printer", "amount": 5000})
+    flows.transition("ticket", ticket["id"], "assign")
+    [resolve] = flows.options("ticket", ticket["id"])
+    assert (resolve.allowed, resolve.code) == (False, "guard")
+    assert resolve.reason == "Tickets of 1000 or more need approval."
+
+
+def test_unordered_types_reported() -> None:
+    docs = definition()
+    docs["workflows/handling.json"]["transitions"][1]["when"] = "name > 3"
+    problems = problems_of(lambda: compile_documents(docs))
+    assert any("orders a string against an int" in p.message for p in problems)
