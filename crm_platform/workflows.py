@@ -396,7 +396,11 @@ class WorkflowService:
             )
             details.update({name: [message] for name in missing})
         if problems:
-            raise RecordInvalid(f"cannot {label}: " + "; ".join(problems), details)
+            raise RecordInvalid(
+                f"cannot take transition {transition.name!r}: "
+                + "; ".join(problems),
+                details,
+            )
 
     def _move(
         self,
@@ -475,11 +479,11 @@ class WorkflowService:
         if approval.roles:
             approvers.update(self.records.members_in_roles(approval.roles))
         approvers.discard(self.actor.user_id)
-        label = transition.label.get(self.records.locale)
         if len(approvers) < approval.required:
             raise Conflict(
-                f"cannot {label}: it needs {approval.required} approval(s) and "
-                f"{len(approvers)} member(s) other than you may approve it; "
+                f"cannot take transition {transition.name!r}: it needs "
+                f"{approval.required} approval(s) and {len(approvers)} member(s) "
+                "other than you may approve it; "
                 "set the record owner's manager or give the approving role to a "
                 "member",
                 details={"approvers": sorted(approvers)},
