@@ -526,3 +526,16 @@ def test_no_reminder_for_draft(team: Team, admin: Actor) -> None:
     moment = dt.datetime(2027, 12, 2, 12, tzinfo=dt.UTC)
     assert run_time_triggers(team.platform, team.runtime, moment) == 0
     assert team.inbox(team.manager) == []
+
+
+def test_overdue_follow_up_reminds_owner(team: Team) -> None:
+    rep = team.records(team.rep)
+    rep.create("activity", {"name": "Call Ann back", "type": "call",
+                            "status": "planned", "due_at": "2027-03-01T09:00:00Z"})
+    rep.create("activity", {"name": "Visit done", "type": "visit",
+                            "status": "completed", "due_at": "2027-03-01T09:00:00Z"})
+    due = dt.datetime(2027, 3, 1, 9, tzinfo=dt.UTC)
+    assert run_time_triggers(team.platform, team.runtime, due + HOUR / 2) == 0
+    assert run_time_triggers(team.platform, team.runtime, due + 2 * HOUR) == 1
+    [message] = team.inbox(team.rep)
+    assert message.startswith("Follow-up overdue: Call Ann back was due at 2027-03-01")
