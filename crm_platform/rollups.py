@@ -100,9 +100,9 @@ def _direct_update(
     field: Field,
 ) -> Any:
     """Return one UPDATE that computes the roll-up in the database, or None
-    when the database stores the child's values unlike the parent field's
-    (an integer summed into a decimal on SQLite, where decimals are scaled
-    integers), so Python must convert them."""
+    when Python must convert the values. That is when the database stores the
+    child's values unlike the parent field's, as for an integer summed into a
+    decimal on SQLite, where decimals are scaled integers."""
     rollup = field.rollup
     assert rollup is not None
     table = tables[parent.name]
@@ -117,6 +117,7 @@ def _direct_update(
         repr(child.c[rollup.field or ""].type) == repr(target.type)
     )
     statement = None
+
     if same_storage:
         if rollup.function == "count":
             summary: Any = sa.func.count()
