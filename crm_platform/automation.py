@@ -575,17 +575,19 @@ def call_webhook(
 
 def run_time_triggers(
     platform: Platform, runtime: TenantRuntime, now: dt.datetime | None = None,
-    limit: int = TIME_BATCH,
+    limit: int = TIME_BATCH, failures: list[str] | None = None,
 ) -> int:
     """Run every time-triggered rule of the tenant for the records whose
     time has come, each once per value of its date field. Return how many
-    records the rules ran for."""
+    records the rules ran for; ``failures`` gets "rule record-id" for each
+    rule that failed on a record (it is tried again on the next run)."""
     moment = now or dt.datetime.now(dt.UTC)
     total = 0
     for rule in runtime.definition.automations:
         if rule.trigger.on != "time" or not rule.active:
             continue
-        total += _run_time_rule(platform, runtime, rule, moment, limit - total)
+        total += _run_time_rule(platform, runtime, rule, moment, limit - total,
+                                failures)
         if total >= limit:
             break
     return total
@@ -597,6 +599,7 @@ def _run_time_rule(
     rule: Automation,
     now: dt.datetime,
     limit: int,
+    failures: list[str] | None,
 ) -> int:
     entity = runtime.entity(rule.entity)
     table = runtime.tables[entity.name]
@@ -621,8 +624,15 @@ def _run_time_rule(
         rows = [dict(row) for row in conn.execute(query).mappings()]
     ran = 0
     for row in rows:
-        if _fire(platform, runtime, rule, entity, row, now):
-            ran += 1
+        try:
+            if _fire(platform, runtime, rule, entity, row, now):
+                ran += 1
+        except (RecordInvalid, Conflict) as err:
+            log.warning("time rule %s failed for %s %s in tenant %s: %s",
+                        rule.name, entity.name, row["id"], runtime.slug,
+                        err.message)
+            if failures is not None:
+                failures.append(f"{rule.name} {row['id']}")
     if ran:
         log.info("time rule %s ran for %d %s records in tenant %s", rule.name, ran,
                  entity.name, runtime.slug)
@@ -638,13 +648,8 @@ def _fire(
     now: dt.datetime,
 ) -> bool:
     """Run ``rule`` for one record in its own transaction, unless another
-    worker did; a failing rule is logged and tried again next time."""
-    try:
-        return _fire_in_transaction(platform, runtime, rule, entity, row, now)
-    except (RecordInvalid, Conflict) as err:
-        log.warning("time rule %s failed for %s %s in tenant %s: %s", rule.name,
-                    entity.name, row["id"], runtime.slug, err.message)
-        return False
+    worker did. A rule that fails raises, and nothing of it is kept."""
+    return _fire_in_transaction(platform, runtime, rule, entity, row, now)
 
 
 def _fire_in_transaction(

@@ -48,17 +48,21 @@ class RunSummary:
     webhooks: webhooks.DeliveryCounts = field(default_factory=webhooks.DeliveryCounts)
     #: Slugs of tenants whose run raised an error (logged with its trace).
     errors: list[str] = field(default_factory=list)
+    #: "tenant rule record-id" of each time rule that failed on a record
+    #: (logged, and tried again on the next run).
+    rule_failures: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         counts = self.webhooks
         return (
-            f"{self.tenants} tenants, {self.triggered} time triggers, webhooks: "
+            f"{self.tenants} tenants, {self.triggered} time triggers, "
+            f"{len(self.rule_failures)} failed, webhooks: "
             f"{counts.delivered} delivered, {counts.retried} to retry, "
             f"{counts.failed} failed, {len(self.errors)} tenant errors"
         )
 
 
-TimeTriggers = Callable[[Platform, TenantRuntime, dt.datetime], Any]
+TimeTriggers = Callable[..., Any]
 
 
 def _time_triggers() -> TimeTriggers | None:
@@ -114,15 +118,18 @@ def _run_tenant(
 ) -> None:
     runtime: TenantRuntime = platform.runtime_for(tenant)
     if run_time_triggers is not None and tenant.status == "active":
+        failures: list[str] = []
         try:
             fired = run_time_triggers(platform, runtime,
-                                      now or dt.datetime.now(dt.UTC))
+                                      now or dt.datetime.now(dt.UTC),
+                                      failures=failures)
         except Exception:
             # Failing automations must not hold up webhooks queued earlier.
             log.exception("time triggers failed for tenant %s", tenant.slug)
             summary.errors.append(tenant.slug)
         else:
             summary.triggered += fired if isinstance(fired, int) else 0
+        summary.rule_failures += [f"{tenant.slug} {item}" for item in failures]
     counts = webhooks.deliver_due(
         runtime, platform.settings, now, DELIVERIES_PER_TENANT,
         ring=platform.key_ring, policy=policy,

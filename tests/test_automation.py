@@ -301,3 +301,18 @@ def test_hidden_field_in_message_reported() -> None:
     }
     problems = problems_of(lambda: compile_documents(docs))
     assert any("shows {progress}, which some role" in p.message for p in problems)
+
+
+def test_failed_time_rule_reported(platform: Platform, tmp_path: Path) -> None:
+    divide = rule(
+        "divide", "job", {"on": "time", "date_field": "due", "offset": {"days": 1}},
+        {"type": "set_fields", "values": {"progress": "100 / progress"}},
+    )
+    service = start(platform, tmp_path, divide)
+    job = service.create("job", {"name": "Paint", "progress": 0,
+                                 "due": "2026-03-01"})
+    failures: list[str] = []
+    late = dt.datetime(2026, 3, 2, 12, tzinfo=dt.UTC)
+    assert run_time_triggers(platform, service.runtime, late, failures=failures) == 0
+    assert failures == [f"divide {job['id']}"]
+    assert service.get("job", job["id"])["progress"] == 0
