@@ -573,16 +573,25 @@ def _load_access(conn: sa.Connection, archive: Archive) -> dict[str, int]:
     counts: dict[str, int] = {}
     for name in ACCESS_TABLES:
         table = _SERVICE_TABLES.tables[name]
-        batch: list[dict[str, Any]] = []
-        counts[name] = 0
-        for row in archive.access_rows(table):
-            batch.append(row)
-            if len(batch) == PAGE_SIZE:
-                counts[name] += _insert_access(conn, table, batch)
-                batch = []
-        if batch:
-            counts[name] += _insert_access(conn, table, batch)
+        counts[name] = _load_rows(conn, archive, table)
     return counts
+
+
+def _load_rows(
+    conn: sa.Connection, archive: Archive, table: sa.Table, member: str | None = None
+) -> int:
+    """Insert the archived rows of service table ``table`` from ``member``
+    (default: its file under ``access/``) page by page; returns how many."""
+    count = 0
+    batch: list[dict[str, Any]] = []
+    for row in archive.access_rows(table, member):
+        batch.append(row)
+        if len(batch) == PAGE_SIZE:
+            count += _insert_access(conn, table, batch)
+            batch = []
+    if batch:
+        count += _insert_access(conn, table, batch)
+    return count
 
 
 def _process_member(table_name: str) -> str:
@@ -600,15 +609,7 @@ def _load_process_tables(conn: sa.Connection, archive: Archive) -> dict[str, int
             continue
         table = _SERVICE_TABLES.tables[name]
         conn.execute(table.delete())
-        counts[name] = 0
-        batch: list[dict[str, Any]] = []
-        for row in archive.access_rows(table, member):
-            batch.append(row)
-            if len(batch) == PAGE_SIZE:
-                counts[name] += _insert_access(conn, table, batch)
-                batch = []
-        if batch:
-            counts[name] += _insert_access(conn, table, batch)
+        counts[name] = _load_rows(conn, archive, table, member)
     return counts
 
 
@@ -620,8 +621,7 @@ def _load_webhook_endpoints(conn: sa.Connection, archive: Archive) -> int:
     if WEBHOOK_ENDPOINTS_MEMBER not in archive.manifest.files:
         return 0
     conn.execute(table.delete())
-    rows = list(archive.access_rows(table, WEBHOOK_ENDPOINTS_MEMBER))
-    return _insert_access(conn, table, rows) if rows else 0
+    return _load_rows(conn, archive, table, WEBHOOK_ENDPOINTS_MEMBER)
 
 
 def _insert_access(
