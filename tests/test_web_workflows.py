@@ -460,3 +460,14 @@ def test_api_bad_unread_value_is_400(
     response = app.test_client().get("/t/desk/api/v1/notifications?unread=maybe",
                                      headers=bearer(platform, runtime, agent))
     assert response.status_code == 400
+
+
+def test_approvals_page_shows_values(
+    app: Flask, boss: Actor, ticket: dict[str, Any], agent_records: RecordService,
+) -> None:
+    resolve(agent_records, ticket["id"])
+    WorkflowService(agent_records).transition("ticket", ticket["id"], "close",
+                                              {"amount": 4321})
+    page = browser_of(app, boss.email).get("/t/desk/approvals").text
+    assert 'data-testid="approval-values"' in page
+    assert "4321" in page
