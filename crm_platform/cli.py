@@ -292,6 +292,12 @@ def import_command(
         )
     )
     click.echo(report.summary())
+    if report.ignored_columns:
+        click.echo(
+            f"ignored columns (no field of {entity} or of the mapping): "
+            + ", ".join(report.ignored_columns),
+            err=True,
+        )
     for rejected in report.rejected[:20]:
         reasons = "; ".join(
             f"{name}: {' '.join(messages)}"

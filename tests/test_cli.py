@@ -326,3 +326,14 @@ def test_demo_twice_then_serve(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_import_names_ignored_columns(runner: CliRunner, tmp_path: Path) -> None:
+    setup_tenant(runner)
+    source = tmp_path / "accounts.csv"
+    source.write_text("name,owner_id,bogus\nAcme,x,y\n", encoding="utf-8")
+    result = runner.invoke(main, ["import", "acme", "account", str(source),
+                                  "--dry-run"])
+    assert result.exit_code == 0, result.output
+    expected = "ignored columns (no field of account or of the mapping): owner_id"
+    assert f"{expected}, bogus" in result.output
