@@ -58,6 +58,9 @@ def base_url(app: Flask, boss: Actor, ticket: dict[str, Any]) -> Iterator[str]:
 
 
 def sign_in(page: Page, base_url: str, email: str) -> None:
+    # Leave the app first: a request still in flight could otherwise set the
+    # previous member's session cookie again after it is cleared.
+    page.goto("about:blank")
     page.context.clear_cookies()
     page.goto(f"{base_url}/t/desk/login")
     page.fill("#email", email)
