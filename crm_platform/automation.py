@@ -103,8 +103,9 @@ class Run:
 def expression(
     entity: Entity, source: str, aliases: Collection[str] = ()
 ) -> Expression:
-    """Return ``source`` compiled for the processes of ``entity``; the
-    definition's checks compiled it already, so it cannot fail here."""
+    """Return ``source`` compiled for the processes of ``entity``, cached.
+    The definition's load checks compiled it already, so an error here
+    means a definition that bypassed them."""
     cache: dict[tuple[str, tuple[str, ...]], Expression]
     cache = entity.derived.setdefault(CACHE_KEY, {})
     key = (source, tuple(sorted(aliases)))
@@ -303,9 +304,9 @@ def take_transition(
     owner: str,
     source: str,
 ) -> dict[str, Any]:
-    """Take a workflow transition for a rule, in system context, when the
-    record is in one of its source states and its guard holds; else leave
-    the record as it is."""
+    """Take a workflow transition for a rule, in system context. A record
+    outside the transition's source states, or whose guard is false, stays
+    as it is."""
     from .workflows import take_in_run
 
     assert action.transition is not None
@@ -551,8 +552,9 @@ def call_webhook(
     source: str,
     on: str,
 ) -> None:
-    """Put a call of ``action``'s endpoint in the outbox, with the record as
-    the API shows it to a role that sees no sensitive field in full."""
+    """Put a call of ``action``'s endpoint in the outbox, with the record
+    as the API returns it to a role for which every sensitive field is
+    masked."""
     from . import webhooks
 
     assert action.endpoint is not None and action.event is not None
@@ -578,9 +580,9 @@ def run_time_triggers(
     limit: int = TIME_BATCH, failures: list[str] | None = None,
 ) -> int:
     """Run every time-triggered rule of the tenant for the records whose
-    time has come, each once per value of its date field. Return how many
-    records the rules ran for; ``failures`` gets "rule record-id" for each
-    rule that failed on a record (it is tried again on the next run)."""
+    time has come, each once per value of its date field, and return how
+    many records the rules ran for. ``failures`` receives "rule record-id"
+    for each rule that failed on a record, which the next run tries again."""
     moment = now or dt.datetime.now(dt.UTC)
     total = 0
     for rule in runtime.definition.automations:

@@ -786,8 +786,8 @@ class RecordService:
         matched: dict[int, builtins.list[Any]],
     ) -> tuple[IndexedRows, IndexedRows]:
         """Sort rows into inserts and updates of changed fields, applying
-        rules, formulas and the before-save automation to each; ``matched``
-        gets the automation rules each row triggered."""
+        rules, formulas and the before-save automation to each. ``matched``
+        receives the automation rules that each row triggered."""
         now = run.now
         inserts = []
         updates = []
@@ -1109,7 +1109,8 @@ class RecordService:
             )
 
     def system_access(self, entity_name: str) -> Access:
-        """Every right on ``entity_name``: automation runs in system context."""
+        """Return every right on ``entity_name``, because automation runs in
+        system context."""
         entity = self.runtime.entity(entity_name)
         principal = Principal(self.actor.user_id, ADMIN_ROLE)
         return access_for(self.runtime.definition, entity, principal)

@@ -10,8 +10,9 @@ in one of its source states, its guard condition true and its required
 fields filled. It then writes the new state and the given values through
 the record service in one transaction, so rules, formulas, roll-ups, the
 journal and automation all run, records a ``_transitions`` row, and runs its
-actions. A transition with an approval first asks the eligible approvers;
-the approval that makes the count performs it, for the user who asked.
+actions. A transition with an approval first creates a request for the
+eligible approvers. The approval that reaches the count performs it, for
+the requester.
 """
 
 from __future__ import annotations
@@ -128,8 +129,8 @@ class ApprovalRequest:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What ``transition`` did: moved the record ("done") or asked for
-    approval ("pending")."""
+    """The result of ``transition``: the record moved ("done") or an
+    approval request created ("pending")."""
 
     status: str
     record: dict[str, Any]
@@ -179,8 +180,8 @@ class WorkflowService:
         self, entity: Entity, transition: Transition, record: Mapping[str, Any]
     ) -> tuple[str, str] | None:
         """Return why the guard of ``transition`` fails on the stored record,
-        or None. A guard that reads a field the transition asks for is not
-        judged, since the input may change the answer."""
+        or None. A guard that reads one of the transition's required fields
+        is not evaluated, because the input may change the result."""
         if transition.when is None:
             return None
         guard = automation.expression(entity, transition.when)
@@ -634,18 +635,15 @@ class WorkflowService:
         """Perform the approved transition in system context, recorded as
         taken by the requester with the approvers."""
         entity = self.runtime.entity(request.entity)
-        workflow = next(
-            w for w in self.runtime.definition.workflows_for(entity.name)
-            if w.name == request.workflow
-        )
-        transition = workflow.transition(request.transition)
+        found = self._request_transition(request)
         table = self.runtime.tables[entity.name]
         before = _read_row(run.conn, table, request.record_id)
-        if transition is None or before is None:
+        if found is None or before is None:
             raise Conflict(
                 f"approval request {request.id!r} cannot complete: its record or "
                 "transition no longer exists"
             )
+        workflow, transition = found
         if before.get(workflow.field) not in transition.sources:
             raise Conflict(
                 f"approval request {request.id!r} cannot complete: the record "
@@ -676,16 +674,23 @@ class WorkflowService:
         self._move(run, access, workflow, transition, before, values,
                    request.comment, request.requested_by, approvers)
 
+    def _request_transition(
+        self, request: ApprovalRequest
+    ) -> tuple[Workflow, Transition] | None:
+        """Return the workflow and transition of ``request``, or None when
+        the definition no longer has them."""
+        for workflow in self.runtime.definition.workflows_for(request.entity):
+            transition = workflow.transition(request.transition)
+            if workflow.name == request.workflow and transition is not None:
+                return workflow, transition
+        return None
+
     def _tell_requester(
         self, run: automation.Run, request: ApprovalRequest, status: str
     ) -> None:
         entity = self.runtime.entity(request.entity)
-        workflow = next(
-            w for w in self.runtime.definition.workflows_for(entity.name)
-            if w.name == request.workflow
-        )
-        transition = workflow.transition(request.transition)
-        label = transition.label if transition else None
+        found = self._request_transition(request)
+        label = found[1].label if found else None
         notifications.notify(
             run.conn,
             [request.requested_by],

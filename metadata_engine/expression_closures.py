@@ -844,7 +844,7 @@ class _NativeCompiler:
 
 def _is_cel_string(tree: lark.Tree | lark.Token) -> bool:
     """Return True if ``tree`` is a name or a literal, which cel-python
-    holds as its own string type when it is text."""
+    stores as its own string type when it is text."""
     while isinstance(tree, lark.Tree) and tree.data in ("member", "primary"):
         if len(tree.children) != 1:
             return False
@@ -913,8 +913,8 @@ def _apply_binary(
     function: Callable[[Any, Any], Any], left: _Node, right: _Node
 ) -> _Node:
     """Return ``function(left, right)``, with a closure shaped for the kinds
-    of the operands; two constants are not folded, so errors stay at run
-    time as in cel-python."""
+    of the operands. Two constants are not folded, so that errors stay at
+    run time as in cel-python."""
     left_kind, left_value = left
     right_kind, right_value = right
     same_type = _SAME_TYPE_OPERATORS.get(function)

@@ -441,7 +441,8 @@ class Action:
     create_record); ``user`` is a CEL expression giving a user id
     (assign_owner, or one recipient of notify). ``entity`` and ``alias`` are
     the created record's entity and the name later actions read it by.
-    ``recipients`` holds notify's ``owner``, ``manager_of`` and ``roles``.
+    ``recipients`` contains notify's ``owner``, ``manager_of``, ``roles``
+    and ``user``.
     """
 
     kind: str

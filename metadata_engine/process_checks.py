@@ -34,9 +34,9 @@ from metadata_engine.record_rule_checks import VARIABLES
 
 Document = Mapping[str, Any]
 
-#: Names that automation and workflow expressions see besides the record's
-#: fields and system columns and ``VARIABLES``: the stored record before the
-#: write (a map; every field is null on create) and whether it is new.
+#: Names that automation and workflow expressions read besides the record's
+#: fields, its system columns and ``VARIABLES``. ``previous`` is the stored
+#: record before the write as a map, with every field null on create.
 PROCESS_VARIABLES: Mapping[str, str] = {
     **VARIABLES,
     "previous": "map",
@@ -54,7 +54,8 @@ TIME_TYPES = frozenset({"date", "datetime"})
 
 @dataclass(frozen=True)
 class _Scope:
-    """What the expressions of one document may read."""
+    """The names the expressions of one document may read, with the
+    context to report problems."""
 
     report: Report
     fields: EntityFields

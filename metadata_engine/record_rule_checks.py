@@ -60,8 +60,8 @@ DEFAULT_RESULTS: Mapping[str, frozenset[str]] = {
 EXPRESSION_KEYS: tuple[str, ...] = (
     "formula", "required_when", "default_expr", "read_only_when", "visible_when",
 )
-#: Field properties that make a field read-only whatever ``read_only_when``
-#: says.
+#: Field properties that make a field read-only whatever the result of
+#: ``read_only_when``.
 ALWAYS_READ_ONLY: tuple[str, ...] = ("read_only", "formula", "rollup")
 
 

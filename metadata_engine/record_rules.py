@@ -693,7 +693,7 @@ def visibility(
     A field is shown when its condition is true, and also when the condition
     fails to evaluate, so that a faulty condition never hides a value. A
     false or null result hides it. This is presentation only: the API and
-    exports return the field whatever the condition says.
+    exports return the field whatever the condition's result.
     """
     options = field_expressions(entity).visible
     if not options:
@@ -746,7 +746,7 @@ def _option_inputs(
     user: Mapping[str, Any],
     now: dt.datetime | None,
 ) -> dict[str, Any]:
-    """Return the plain values a field expression option sees: every field
+    """Return the plain values a field expression option reads: every field
     of ``record`` (absent ones are null), ``now``, ``today`` and ``user``."""
     moment = _as_utc(now or dt.datetime.now(dt.UTC))
     values: dict[str, Any] = {

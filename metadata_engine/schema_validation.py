@@ -74,9 +74,9 @@ def _validator(file_name: str) -> Draft202012Validator:
 
 @cache
 def _registry() -> Registry:
-    """Every schema of the package by its ``$id``, so that one schema can
-    refer to the definitions of another (workflows use the actions of
-    automations)."""
+    """Return every schema of the package by its ``$id``, so that one
+    schema can refer to the definitions of another (workflows use the
+    actions of automations)."""
     resources = []
     for path in sorted(SCHEMA_DIR.glob("*.schema.json")):
         schema = load_schema(path.name)
